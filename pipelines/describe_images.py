@@ -1,0 +1,254 @@
+"""The describe-images job: image references in Parquet -> vision chat API -> Parquet rows.
+
+    python -m pipelines.describe_images --input examples/images.parquet --output /tmp/out \\
+        --api_base local
+
+writes ``/tmp/out/descriptions-*.parquet`` and ``/tmp/out/failures-*.parquet``. ``--api_base
+local`` starts the embedded offline endpoint; any other value is an OpenAI-compatible base URL,
+called with the key from the environment variable named by ``--api_key_env``. ``--help`` lists
+every flag.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import (
+    DirectOptions, PipelineOptions, StandardOptions, WorkerOptions)
+
+from schemas import rows as schema
+from transforms import describe_images as di
+from transforms.core import images, vision_api
+from transforms.core.local_endpoint import ChatEndpoint
+from transforms.core.ratelimit import worker_share
+from transforms.read_image_refs import ReadImageRefs, parquet_columns
+from transforms.write_rows import WriteRows
+
+_LOGGER = logging.getLogger(__name__)
+
+LOCAL = "local"
+
+
+class DescribeImagesOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        add = parser.add_argument
+        add("--input", type=str, default=None,
+            help="Parquet file or glob, local or gs:// (required).")
+        add("--output", type=str, default=None,
+            help="Folder, local or gs://, for descriptions-*.parquet and failures-*.parquet "
+                 "(required).")
+        add("--image_column", type=str, default="image_uri",
+            help="Column holding the image reference. Default: image_uri.")
+        add("--id_column", type=str, default=None,
+            help="Column holding the row id. Default: image_id if the input has it, otherwise "
+                 "the reference is the id.")
+        add("--model", type=str, default="gpt-4o",
+            help="Model id sent to the API. Default: gpt-4o.")
+        add("--prompt", type=str, default="What's in this image?",
+            help="User text sent with each image. Default: What's in this image?")
+        add("--system_prompt", type=str, default=None,
+            help="Optional system message. Default: none.")
+        add("--max_tokens", type=int, default=300, help="Completion budget. Default: 300.")
+        add("--detail", type=str, default="auto", choices=vision_api.DETAILS,
+            help="Image detail level. Default: auto.")
+        add("--api_base", type=str, default=vision_api.DEFAULT_API_BASE,
+            help="OpenAI-compatible base URL, or 'local' to start the embedded offline "
+                 f"endpoint. Default: {vision_api.DEFAULT_API_BASE}.")
+        add("--api_key_env", type=str, default="AIMLAPI_API_KEY",
+            help="Name of the environment variable holding the API key (the key itself is "
+                 "never a flag). Default: AIMLAPI_API_KEY.")
+        add("--max_concurrency", type=int, default=8,
+            help="Requests in flight per worker process. Default: 8.")
+        add("--request_timeout", type=float, default=60.0,
+            help="Seconds to wait for one attempt's answer. Default: 60.")
+        add("--max_retries", type=int, default=5,
+            help="Retries per request for 408/409/429/5xx, resets, timeouts and broken JSON "
+                 "(so at most max_retries+1 attempts). Default: 5.")
+        add("--retry_backoff", type=float, default=1.0,
+            help="Base of the exponential back-off in seconds (retry n waits up to "
+                 "base*2^(n-1), capped at 60 s; Retry-After wins when longer). Default: 1.")
+        add("--requests_per_minute", type=float, default=0,
+            help="Request budget for the whole job, split evenly across worker processes "
+                 "(--direct_num_workers locally, --max_num_workers or --num_workers on "
+                 "Dataflow); 0 = none. Default: 0.")
+        add("--max_image_side", type=int, default=2048,
+            help="Images whose longer side is larger are scaled down before sending. "
+                 "Default: 2048.")
+        add("--max_image_pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
+            help="Images with more pixels are refused as possible decompression bombs. "
+                 f"Default: {images.DEFAULT_MAX_PIXELS}.")
+        add("--inline_http_images", action="store_true", default=False,
+            help="Fetch http(s) images on the worker and send them inline instead of by URL. "
+                 "Default: off.")
+        add("--batch_size", type=int, default=0,
+            help="Rows per batch handed to a worker; 0 = 4 x --max_concurrency. Default: 0.")
+
+
+class OptionsError(ValueError):
+    """A flag or the environment is wrong; the message says what to do."""
+
+
+def _worker_processes(options: PipelineOptions) -> int:
+    runner = (options.view_as(StandardOptions).runner or "").lower()
+    if "dataflow" in runner:
+        worker = options.view_as(WorkerOptions)
+        return max(1, worker.max_num_workers or worker.num_workers or 1)
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode in ("multi_processing", "multi_threading"):
+        return max(1, direct.direct_num_workers or 1)
+    return 1
+
+
+def validate(options: PipelineOptions) -> DescribeImagesOptions:
+    """Check flags and environment before the graph is built; fill in derived values."""
+    opts = options.view_as(DescribeImagesOptions)
+    if not opts.input:
+        raise OptionsError("--input is required: a Parquet file or glob, local or gs://")
+    if not opts.output:
+        raise OptionsError("--output is required: a folder, local or gs://")
+    for flag in ("max_concurrency", "max_tokens", "max_image_side", "max_image_pixels"):
+        if getattr(opts, flag) < 1:
+            raise OptionsError(f"--{flag} must be at least 1")
+    if opts.max_retries < 0 or opts.request_timeout <= 0 or opts.requests_per_minute < 0:
+        raise OptionsError("--max_retries and --requests_per_minute must be >= 0 and "
+                           "--request_timeout > 0")
+    if opts.api_base != LOCAL:
+        if not opts.api_base.startswith(("http://", "https://")):
+            raise OptionsError(f"--api_base {opts.api_base!r} must be an http(s) URL or 'local'")
+        if not os.environ.get(opts.api_key_env or ""):
+            raise OptionsError(
+                f"no API key: set the environment variable {opts.api_key_env} (or name another "
+                "with --api_key_env), or run offline with --api_base local")
+    try:
+        columns, _ = parquet_columns(opts.input)
+    except ValueError as exc:
+        raise OptionsError(str(exc)) from None
+    if opts.image_column not in columns:
+        raise OptionsError(f"--image_column {opts.image_column!r} is not in the input; its "
+                           f"columns are {columns}")
+    if opts.id_column is None:
+        opts.id_column = "image_id" if "image_id" in columns else ""
+    elif opts.id_column not in columns:
+        raise OptionsError(f"--id_column {opts.id_column!r} is not in the input; its columns "
+                           f"are {columns}")
+    return opts
+
+
+def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfig:
+    opts = options.view_as(DescribeImagesOptions)
+    local = opts.api_base == LOCAL
+    return di.DescribeConfig(
+        api_base=api_base,
+        api_key_env=None if local else opts.api_key_env,
+        chat=vision_api.ChatConfig(model=opts.model, prompt=opts.prompt,
+                                   system_prompt=opts.system_prompt,
+                                   max_tokens=opts.max_tokens, detail=opts.detail),
+        image=images.ImageOptions(max_side=opts.max_image_side,
+                                  max_pixels=opts.max_image_pixels,
+                                  inline_http=opts.inline_http_images),
+        retry=vision_api.RetryPolicy(max_retries=opts.max_retries,
+                                     backoff_base=opts.retry_backoff),
+        max_concurrency=opts.max_concurrency,
+        request_timeout=opts.request_timeout,
+        requests_per_minute=worker_share(opts.requests_per_minute, _worker_processes(options)),
+        batch_size=opts.batch_size,
+    )
+
+
+def build_pipeline(p: beam.Pipeline, options: PipelineOptions, api_base: str):
+    """Wire the job; returns (descriptions, failures) PCollections."""
+    opts = options.view_as(DescribeImagesOptions)
+    outputs = (
+        p
+        | "ReadImageRefs" >> ReadImageRefs(opts.input, opts.image_column, opts.id_column or None)
+        | "DescribeImages" >> di.DescribeImages(describe_config(options, api_base))
+    )
+    descriptions, failures = outputs[di.DESCRIPTIONS], outputs[di.FAILURES]
+    _ = descriptions | "WriteDescriptions" >> WriteRows(
+        opts.output, "descriptions", schema.DESCRIPTIONS_SCHEMA)
+    _ = failures | "WriteFailures" >> WriteRows(opts.output, "failures", schema.FAILURES_SCHEMA)
+    return descriptions, failures
+
+
+def summarize(result, elapsed: float) -> dict[str, float]:
+    """Totals of the job's counters, read back from the pipeline result."""
+    totals: dict[str, float] = {}
+    query = result.metrics().query(MetricsFilter().with_namespace(di.NAMESPACE))
+    for counter in query["counters"]:
+        name = counter.key.metric.name
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[name] = totals.get(name, 0) + (value or 0)
+    totals["elapsed_s"] = elapsed
+    return totals
+
+
+def format_summary(totals: dict[str, float], output: str) -> str:
+    described = int(totals.get("images_described", 0))
+    failed = int(totals.get("images_failed", 0))
+    elapsed = totals["elapsed_s"]
+    lines = [
+        "vision-enrich summary",
+        f"  described   {described}",
+        f"  failed      {failed}",
+        f"  requests    {int(totals.get('requests', 0))} "
+        f"({int(totals.get('retries', 0))} retries, {int(totals.get('http_429', 0))} "
+        "answered 429)",
+        f"  tokens      {int(totals.get('prompt_tokens', 0))} prompt + "
+        f"{int(totals.get('completion_tokens', 0))} completion",
+        f"  elapsed     {elapsed:.1f} s",
+        f"  throughput  {(described + failed) / max(elapsed, 1e-9):.2f} images/s",
+        f"  output      {output}/descriptions-*.parquet, {output}/failures-*.parquet",
+    ]
+    return "\n".join(lines)
+
+
+def _default_runner(argv: list[str]) -> list[str]:
+    # Without a --runner, Beam's DirectRunner first tries to download a Prism binary; the
+    # in-process FnApiRunner needs nothing from the network.
+    if not any(a == "--runner" or a.startswith("--runner=") for a in argv):
+        argv = argv + ["--runner=FnApiRunner"]
+    return argv
+
+
+def run(argv: list[str] | None = None, save_main_session: bool = False):
+    """Parse flags, run the job to completion, print the summary; returns the PipelineResult."""
+    argv = _default_runner(list(sys.argv[1:] if argv is None else argv))
+    options = PipelineOptions(argv)
+    try:
+        opts = validate(options)
+    except OptionsError as exc:
+        raise SystemExit(f"describe_images: {exc}") from None
+    endpoint = ChatEndpoint().start() if opts.api_base == LOCAL else None
+    try:
+        if endpoint is not None:
+            _LOGGER.info("offline mode: local image-analyser endpoint at %s (not a language "
+                         "model)", endpoint.base_url)
+        api_base = endpoint.base_url if endpoint else opts.api_base
+        started = time.monotonic()
+        p = beam.Pipeline(options=options)
+        build_pipeline(p, options, api_base)
+        result = p.run()
+        result.wait_until_finish()
+        totals = summarize(result, time.monotonic() - started)
+        print(format_summary(totals, opts.output), flush=True)
+        return result
+    finally:
+        if endpoint is not None:
+            endpoint.stop()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    for name in ("pipelines", "transforms"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""A deterministic, non-LLM image analyser: the brain of the embedded offline endpoint.
+
+It is *not* a language model. It reports measurable facts about an image with Pillow: size and
+orientation, format, dominant colours by name, brightness, sharpness, and EXIF capture time and
+camera when present. The same bytes always give the same text. No Beam import.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+from PIL import Image, ImageFilter, ImageStat
+
+MODEL_ID = "local-image-analyzer"
+
+# A small palette of named colours; each pixel cluster is named after the nearest one.
+_PALETTE = {
+    "black": (0, 0, 0), "dark gray": (64, 64, 64), "gray": (128, 128, 128),
+    "light gray": (192, 192, 192), "white": (255, 255, 255), "red": (200, 30, 30),
+    "dark red": (110, 20, 20), "orange": (240, 140, 30), "brown": (120, 75, 40),
+    "beige": (220, 200, 160), "yellow": (235, 220, 50), "olive": (120, 120, 40),
+    "green": (50, 160, 60), "dark green": (25, 80, 35), "teal": (30, 130, 130),
+    "light blue": (140, 190, 235), "blue": (40, 80, 200), "navy": (20, 30, 90),
+    "purple": (120, 50, 150), "pink": (235, 150, 180), "skin tone": (225, 180, 150),
+}
+
+_EXIF_DATETIME_ORIGINAL = 0x9003
+_EXIF_DATETIME = 0x0132
+_EXIF_MAKE = 0x010F
+_EXIF_MODEL = 0x0110
+_EXIF_IFD = 0x8769
+
+
+def _nearest_colour(rgb: tuple[int, int, int]) -> str:
+    return min(_PALETTE, key=lambda n: sum((a - b) ** 2 for a, b in zip(_PALETTE[n], rgb)))
+
+
+def dominant_colours(img: Image.Image, count: int = 3) -> list[tuple[str, float]]:
+    """Named colours covering the most pixels, with their share (0..1)."""
+    small = img.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR)
+    quantised = small.quantize(colors=8, method=Image.Quantize.MEDIANCUT)
+    palette = quantised.getpalette() or []
+    shares: dict[str, float] = {}
+    total = 64 * 64
+    for n, index in sorted(quantised.getcolors() or [], reverse=True):
+        rgb = tuple(palette[index * 3: index * 3 + 3])
+        name = _nearest_colour(rgb)  # type: ignore[arg-type]
+        shares[name] = shares.get(name, 0.0) + n / total
+    ranked = sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ranked[:count]
+
+
+def analyse(data: bytes) -> dict:
+    """Facts about the image in ``data`` (any format Pillow reads)."""
+    img = Image.open(io.BytesIO(data))
+    fmt = img.format or "unknown"
+    exif = img.getexif()
+    img.load()
+    width, height = img.size
+    grey = img.convert("L")
+    if max(width, height) > 512:
+        grey.thumbnail((512, 512))
+    brightness = ImageStat.Stat(grey).mean[0] / 255.0
+    edges = grey.filter(ImageFilter.FIND_EDGES)
+    sharpness = ImageStat.Stat(edges).stddev[0]
+    sub = exif.get_ifd(_EXIF_IFD) if exif else {}
+    taken = sub.get(_EXIF_DATETIME_ORIGINAL) or exif.get(_EXIF_DATETIME)
+    camera = " ".join(str(exif.get(t)).strip() for t in (_EXIF_MAKE, _EXIF_MODEL) if exif.get(t))
+    return {
+        "format": fmt,
+        "width": width,
+        "height": height,
+        "mode": img.mode,
+        "orientation": "landscape" if width > height else "portrait" if height > width
+        else "square",
+        "colours": dominant_colours(img),
+        "brightness": brightness,
+        "sharpness": sharpness,
+        "taken": str(taken) if taken else None,
+        "camera": camera or None,
+    }
+
+
+def describe(data: bytes) -> str:
+    """One paragraph of plain facts about the image."""
+    f = analyse(data)
+    tone = ("very dark" if f["brightness"] < 0.2 else "dark" if f["brightness"] < 0.4
+            else "bright" if f["brightness"] > 0.65 else "evenly lit")
+    focus = "sharp and detailed" if f["sharpness"] > 40 else (
+        "moderately detailed" if f["sharpness"] > 15 else "soft or smooth")
+    colours = ", ".join(f"{name} ({share:.0%})" for name, share in f["colours"])
+    text = (
+        f"A {f['orientation']} {f['format']} image, {f['width']}x{f['height']} pixels "
+        f"({f['width'] * f['height'] / 1e6:.2f} MP). Dominant colours: {colours}. "
+        f"The image is {tone} (mean brightness {f['brightness']:.2f}) and {focus} "
+        f"(edge contrast {f['sharpness']:.1f})."
+    )
+    if f["taken"]:
+        text += f" Captured {f['taken']}."
+    if f["camera"]:
+        text += f" Camera: {f['camera']}."
+    return text
+
+
+def openai_image_tokens(width: int, height: int, detail: str = "auto") -> int:
+    """Image tokens by OpenAI's published tile formula for gpt-4o-class models."""
+    if detail == "low":
+        return 85
+    scale = min(1.0, 2048 / max(width, height))
+    w, h = width * scale, height * scale
+    scale = min(1.0, 768 / min(w, h))
+    w, h = w * scale, h * scale
+    tiles = math.ceil(w / 512) * math.ceil(h / 512)
+    return 85 + 170 * tiles
+
+
+def text_tokens(text: str) -> int:
+    """A rough token count (about four characters a token), enough for an offline stand-in."""
+    return max(1, math.ceil(len(text) / 4)) if text else 0

@@ -1,0 +1,340 @@
+"""``DescribeImages``: image references in, one description row or one failure row out for each.
+
+    refs | DescribeImages(config)  ->  DoOutputsTuple with .descriptions and .failures
+
+Rows are batched (``BatchElements``), and every row of a batch is loaded and sent concurrently: at
+most ``max_concurrency`` requests in flight per worker process, over one ``requests.Session`` per
+process that all its threads share. Batches overlap: the next batch starts while the previous one's
+slowest requests are still out, so the pipe never drains between batches.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import logging
+import os
+import threading
+import time
+from typing import Any, Iterable
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms.core import images, vision_api
+from transforms.core.ratelimit import RateLimiter
+
+_LOGGER = logging.getLogger(__name__)
+
+NAMESPACE = "vision_enrich"
+DESCRIPTIONS = "descriptions"
+FAILURES = "failures"
+
+
+@dataclasses.dataclass(frozen=True)
+class DescribeConfig:
+    """Everything a worker needs; pickled with the DoFn, so it holds no secret."""
+
+    api_base: str
+    api_key_env: str | None = "AIMLAPI_API_KEY"  # None: send no Authorization header
+    chat: vision_api.ChatConfig = vision_api.ChatConfig()
+    image: images.ImageOptions = images.ImageOptions()
+    retry: vision_api.RetryPolicy = vision_api.RetryPolicy()
+    max_concurrency: int = 8
+    request_timeout: float = 60.0
+    requests_per_minute: float = 0.0  # this worker process's share of the job's budget
+    batch_size: int = 0  # rows per batch; 0: 4 x max_concurrency
+    progress_interval: float = 10.0
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class _Tally:
+    """Per-process running totals for the progress line (Beam counters are per bundle)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.described = self.failed = self.requests = self.retries = self.rate_limited = 0
+        self.submitted = 0
+        self.started = time.monotonic()
+
+
+class _Worker:
+    """What one worker process shares among its DoFn instances and threads."""
+
+    def __init__(self, cfg: DescribeConfig):
+        self.cfg = cfg
+        key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        # The API session carries the key; images are fetched on a separate session so the key
+        # can never travel to an image host.
+        self.session = vision_api.new_session(key, cfg.max_concurrency)
+        self.image_session = vision_api.new_session(None, cfg.max_concurrency)
+        limiter = RateLimiter(cfg.requests_per_minute) if cfg.requests_per_minute > 0 else None
+        self.client = vision_api.VisionClient(
+            self.session,
+            cfg.api_base,
+            timeout=cfg.request_timeout,
+            retry=cfg.retry,
+            slots=threading.BoundedSemaphore(cfg.max_concurrency),
+            limiter=limiter,
+            secrets=(key,) if key else (),
+        )
+        self.loader = images.ImageLoader(cfg.image, http_session=self.image_session)
+        # a couple of threads more than request slots, so images are prepared while the slots
+        # are busy; the slots alone bound what is in flight
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=cfg.max_concurrency + 2, thread_name_prefix="vision-enrich")
+        self.tally = _Tally()
+        self._stop = threading.Event()
+        self._progress = threading.Thread(target=self._report, name="vision-enrich-progress",
+                                          daemon=True)
+        self._progress.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.executor.shutdown(wait=True)
+        self.session.close()
+        self.image_session.close()
+
+    def _report(self) -> None:
+        last = None
+        while not self._stop.wait(self.cfg.progress_interval):
+            t = self.tally
+            with t.lock:
+                done = t.described + t.failed
+                snapshot = (done, t.requests)
+                line = (done, t.described, t.failed, t.submitted - done, t.requests, t.retries,
+                        t.rate_limited, done / max(1e-9, time.monotonic() - t.started))
+            if snapshot != last:
+                _LOGGER.info("progress: %d done (%d described, %d failed), %d in flight, "
+                             "%d requests, %d retries, %d rate-limited, %.1f images/s", *line)
+                last = snapshot
+
+    # -- one row, on an executor thread ----------------------------------------------------
+    def describe(self, ref: dict[str, Any]) -> tuple[str, dict[str, Any], vision_api.CallResult]:
+        cfg = self.cfg
+        image_id, uri = ref.get("image_id"), ref.get("image_uri")
+        result = vision_api.CallResult()
+        try:
+            prepared = self.loader.prepare(uri)
+        except images.ImageError as exc:
+            return FAILURES, failure_row(ref, exc.stage, exc.message, exc.error_type,
+                                         exc.http_status, None, 0, cfg), result
+        except Exception as exc:  # a bug or an exotic file must not take the batch down
+            _LOGGER.exception("unexpected error preparing %s", image_id)
+            return FAILURES, failure_row(ref, "decode", f"unexpected {type(exc).__name__}: "
+                                         f"{exc}", "internal", None, None, 0, cfg), result
+        try:
+            body = vision_api.build_request(prepared.url, cfg.chat)
+            result = self.client.complete(body)
+        except Exception as exc:
+            _LOGGER.exception("unexpected error requesting %s", image_id)
+            return FAILURES, failure_row(ref, "request", f"unexpected {type(exc).__name__}: "
+                                         f"{exc}", "internal", None, None, result.attempts,
+                                         cfg), result
+        if not result.ok:
+            return FAILURES, failure_row(ref, result.stage or "request", result.error or "",
+                                         result.error_type, result.http_status,
+                                         result.request_id, result.attempts, cfg), result
+        c = result.completion
+        row = {
+            "image_id": str(image_id if image_id is not None else uri),
+            "image_uri": str(uri),
+            "description": c.content,
+            "model": c.model or cfg.chat.model,
+            "requested_model": cfg.chat.model,
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens,
+            "total_tokens": c.total_tokens,
+            "finish_reason": c.finish_reason,
+            "response_id": c.response_id,
+            "latency_ms": float(result.latency_ms),
+            "attempts": result.attempts,
+            "image_sha256": prepared.sha256,
+            "image_mime": prepared.mime,
+            "image_width": prepared.width,
+            "image_height": prepared.height,
+            "processed_at": _now(),
+        }
+        return DESCRIPTIONS, row, result
+
+
+def failure_row(ref: dict[str, Any], stage: str, error: str, error_type: str | None,
+                http_status: int | None, request_id: str | None, attempts: int,
+                cfg: DescribeConfig) -> dict[str, Any]:
+    image_id, uri = ref.get("image_id"), ref.get("image_uri")
+    if image_id is None:
+        image_id = uri
+    return {
+        "image_id": None if image_id is None else str(image_id),
+        "image_uri": None if uri is None else str(uri)[:2048],  # a data: URL can be megabytes
+        "stage": stage,
+        "error": error,
+        "error_type": error_type,
+        "http_status": http_status,
+        "request_id": request_id,
+        "attempts": attempts,
+        "requested_model": cfg.chat.model,
+        "failed_at": _now(),
+    }
+
+
+_WORKERS: dict[DescribeConfig, list] = {}
+_WORKERS_LOCK = threading.Lock()
+
+
+def acquire_worker(cfg: DescribeConfig) -> _Worker:
+    """The process's shared worker for ``cfg``, made on first use (reference counted)."""
+    with _WORKERS_LOCK:
+        entry = _WORKERS.get(cfg)
+        if entry is None:
+            entry = _WORKERS[cfg] = [_Worker(cfg), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def release_worker(cfg: DescribeConfig) -> None:
+    with _WORKERS_LOCK:
+        entry = _WORKERS.get(cfg)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _WORKERS[cfg]
+    entry[0].close()
+
+
+class DescribeImagesFn(beam.DoFn):
+    """Describes a batch of image references; emits one row per reference.
+
+    Main output: description rows (``schemas.rows.DESCRIPTION_FIELDS``). Tagged output
+    ``failures``: failure rows (``schemas.rows.FAILURE_FIELDS``). Every input row ends in exactly
+    one of the two.
+
+    Failure policy:
+    - ``read``: the reference is null/blank, has an unsupported scheme, or its bytes cannot be
+      fetched (missing file or object, permission, HTTP error). Not retried: the data is wrong.
+    - ``decode``: the bytes are empty, not an image, truncated, or too large (pixels or bytes).
+    - ``request``: the API answered a final error (4xx other than 408/409/429, a redirect), or a
+      retryable one (408, 409, 429, 5xx, reset, timeout) persisted through ``max_retries``
+      retries. Retries are per request with exponential back-off and jitter, honouring
+      Retry-After / retry-after-ms; a failing request never retries its batch-mates.
+    - ``response``: a 200 whose body stayed invalid JSON through the retries, or held no answer.
+    The error column says what to fix; the key never appears in it.
+    """
+
+    def __init__(self, cfg: DescribeConfig):
+        self._cfg = cfg
+        self._worker: _Worker | None = None
+        self._pending: dict[concurrent.futures.Future, tuple] = {}
+        ns = NAMESPACE
+        self._described = Metrics.counter(ns, "images_described")
+        self._failed = Metrics.counter(ns, "images_failed")
+        self._requests = Metrics.counter(ns, "requests")
+        self._retries = Metrics.counter(ns, "retries")
+        self._rate_limited = Metrics.counter(ns, "http_429")
+        self._prompt_tokens = Metrics.counter(ns, "prompt_tokens")
+        self._completion_tokens = Metrics.counter(ns, "completion_tokens")
+        self._throttled = Metrics.counter(ns, "cumulativeThrottlingSeconds")
+        self._latency = Metrics.distribution(ns, "request_latency_ms")
+        self._sessions = Metrics.counter(ns, "sessions_created")
+
+    @property
+    def _keep(self) -> int:
+        return 2 * self._cfg.max_concurrency
+
+    def setup(self):
+        created = self._cfg not in _WORKERS
+        self._worker = acquire_worker(self._cfg)
+        self._new_session = created
+        self._pending = {}
+        self._throttle_carry = 0.0
+
+    def start_bundle(self):
+        if self._new_session:  # counted here: metrics need a bundle to land in
+            self._sessions.inc()
+            self._new_session = False
+
+    def process(self, batch: Iterable[dict], window=beam.DoFn.WindowParam,
+                timestamp=beam.DoFn.TimestampParam):
+        tally = self._worker.tally
+        for ref in batch:
+            future = self._worker.executor.submit(self._worker.describe, ref)
+            self._pending[future] = (window, timestamp)
+            with tally.lock:
+                tally.submitted += 1
+        yield from self._drain(self._keep)
+
+    def finish_bundle(self):
+        yield from self._drain(0)
+
+    def teardown(self):
+        if self._worker is not None:
+            self._worker = None
+            release_worker(self._cfg)
+
+    def _drain(self, keep: int):
+        """Emit finished rows; wait until at most ``keep`` rows are still pending."""
+        while True:
+            for future in [f for f in self._pending if f.done()]:
+                window, timestamp = self._pending.pop(future)
+                yield self._emit(future.result(), window, timestamp)
+            if len(self._pending) <= keep:
+                return
+            concurrent.futures.wait(list(self._pending),
+                                    return_when=concurrent.futures.FIRST_COMPLETED)
+
+    def _emit(self, outcome, window, timestamp):
+        tag, row, result = outcome
+        self._requests.inc(result.attempts)
+        if result.retries:
+            self._retries.inc(result.retries)
+        if result.rate_limited:
+            self._rate_limited.inc(result.rate_limited)
+        # the counter is whole seconds; carry the fractions so many short waits add up
+        self._throttle_carry += result.throttled_seconds
+        if self._throttle_carry >= 1.0:
+            whole = int(self._throttle_carry)
+            self._throttled.inc(whole)
+            self._throttle_carry -= whole
+        tally = self._worker.tally
+        with tally.lock:
+            tally.requests += result.attempts
+            tally.retries += result.retries
+            tally.rate_limited += result.rate_limited
+            if tag == DESCRIPTIONS:
+                tally.described += 1
+            else:
+                tally.failed += 1
+        if tag == DESCRIPTIONS:
+            self._described.inc()
+            self._latency.update(int(row["latency_ms"]))
+            self._prompt_tokens.inc(row["prompt_tokens"] or 0)
+            self._completion_tokens.inc(row["completion_tokens"] or 0)
+            return WindowedValue(row, timestamp, (window,))
+        self._failed.inc()
+        return beam.pvalue.TaggedOutput(FAILURES, WindowedValue(row, timestamp, (window,)))
+
+
+class DescribeImages(beam.PTransform):
+    """PCollection of ``{'image_id', 'image_uri'}`` dicts -> descriptions and failures."""
+
+    def __init__(self, cfg: DescribeConfig, label: str | None = None):
+        super().__init__(label)
+        self._cfg = cfg
+
+    def expand(self, refs):
+        size = self._cfg.batch_size or 4 * self._cfg.max_concurrency
+        return (
+            refs
+            | "BatchRefs" >> beam.BatchElements(min_batch_size=min(size, self._cfg.max_concurrency),
+                                                max_batch_size=size)
+            | "CallVisionApi" >> beam.ParDo(DescribeImagesFn(self._cfg)).with_outputs(
+                FAILURES, main=DESCRIPTIONS)
+        )
+
