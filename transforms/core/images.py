@@ -172,6 +172,8 @@ class ImageLoader:
             raise _read_error(f"permission denied on {ref}: grant the worker's service account "
                               "roles/storage.objectViewer on the bucket", "forbidden", 403) from None
         except gexc.GoogleAPICallError as exc:
+            if exc.code == 416:  # a ranged read of a zero-byte object
+                return b""
             raise _read_error(f"reading {ref} failed: HTTP {exc.code}: {exc.message}",
                               "read_error", exc.code) from None
         return self._check_size(data, ref)
@@ -266,20 +268,30 @@ class ImageLoader:
             img = ImageOps.exif_transpose(img)
         has_alpha = img.mode in ("RGBA", "LA", "PA") or (
             img.mode == "P" and "transparency" in img.info)
+        # palette and bilevel images (GIFs, diagrams) compress better and stay exact as PNG
+        lossless = has_alpha or img.mode in ("P", "1")
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            # 16-bit and float greyscale: scale to 8 bits rather than clip
-            img = img.point(lambda v: v / 256) if img.mode.startswith("I;16") else img
-            img = img.convert("L")
+            img = _to_8bit(img)
         img = img.convert("RGBA" if has_alpha else "RGB")
         if max(img.size) > opts.max_side:
             img.thumbnail((opts.max_side, opts.max_side), Image.Resampling.LANCZOS,
                           reducing_gap=2.0)
         out = io.BytesIO()
-        if has_alpha:
+        if lossless:
             img.save(out, "PNG", optimize=False, compress_level=6)
             return out.getvalue(), "image/png"
         img.save(out, "JPEG", quality=opts.jpeg_quality, optimize=False)
         return out.getvalue(), "image/jpeg"
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit or float greyscale to 8 bits, scaled to the image's own range rather than clipped."""
+    import numpy as np
+
+    arr = np.asarray(img, dtype=np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+    return Image.fromarray(scaled.astype(np.uint8), "L")
 
 
 def _describe_bytes(data: bytes) -> str:

@@ -1,0 +1,31 @@
+import logging
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from tests.support.gcs import FakeGcs  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fake_gcs():
+    """fake-gcs-server for the whole session; STORAGE_EMULATOR_HOST points at it."""
+    server = FakeGcs().start()
+    old = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = server.url
+    yield server
+    if old is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = old
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs(caplog):
+    caplog.set_level(logging.INFO, logger="transforms")
+    caplog.set_level(logging.INFO, logger="pipelines")
