@@ -8,10 +8,11 @@ setuptools.setup(
     name="vision-enrich",
     version="0.1.0",
     description="Describe images referenced in Parquet/BigQuery tables with vision chat models "
-                "(OpenAI-compatible APIs) on Apache Beam.",
+    "(OpenAI-compatible APIs) on Apache Beam.",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "transforms",
-                                               "transforms.*", "schemas", "schemas.*"]),
+    packages=setuptools.find_packages(
+        include=["pipelines", "pipelines.*", "transforms", "transforms.*", "schemas", "schemas.*"]
+    ),
     install_requires=[
         BEAM,
         "requests>=2.31",

@@ -18,10 +18,12 @@ ROWS = [
     ("not-an-image", "examples/LICENSES.md", "A text file where an image should be"),
 ]
 
-table = pa.table({
-    "image_id": [r[0] for r in ROWS],
-    "image_uri": [r[1] for r in ROWS],
-    "caption": [r[2] for r in ROWS],
-})
+table = pa.table(
+    {
+        "image_id": [r[0] for r in ROWS],
+        "image_uri": [r[1] for r in ROWS],
+        "caption": [r[2] for r in ROWS],
+    }
+)
 pq.write_table(table, "examples/images.parquet")
 print(f"wrote examples/images.parquet ({table.num_rows} rows)")

@@ -11,15 +11,21 @@ every flag.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 import time
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (
-    DirectOptions, PipelineOptions, StandardOptions, WorkerOptions)
+    DirectOptions,
+    PipelineOptions,
+    StandardOptions,
+    WorkerOptions,
+)
 
 from schemas import rows as schema
 from transforms import describe_images as di
@@ -38,56 +44,130 @@ class DescribeImagesOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         add = parser.add_argument
-        add("--input", type=str, default=None,
-            help="Parquet file or glob, local or gs:// (required).")
-        add("--output", type=str, default=None,
+        add(
+            "--input",
+            type=str,
+            default=None,
+            help="Parquet file or glob, local or gs:// (required).",
+        )
+        add(
+            "--output",
+            type=str,
+            default=None,
             help="Folder, local or gs://, for descriptions-*.parquet and failures-*.parquet "
-                 "(required).")
-        add("--image_column", type=str, default="image_uri",
-            help="Column holding the image reference. Default: image_uri.")
-        add("--id_column", type=str, default=None,
+            "(required).",
+        )
+        add(
+            "--image_column",
+            type=str,
+            default="image_uri",
+            help="Column holding the image reference. Default: image_uri.",
+        )
+        add(
+            "--id_column",
+            type=str,
+            default=None,
             help="Column holding the row id. Default: image_id if the input has it, otherwise "
-                 "the reference is the id.")
-        add("--model", type=str, default="gpt-4o",
-            help="Model id sent to the API. Default: gpt-4o.")
-        add("--prompt", type=str, default="What's in this image?",
-            help="User text sent with each image. Default: What's in this image?")
-        add("--system_prompt", type=str, default=None,
-            help="Optional system message. Default: none.")
+            "the reference is the id.",
+        )
+        add(
+            "--model", type=str, default="gpt-4o", help="Model id sent to the API. Default: gpt-4o."
+        )
+        add(
+            "--prompt",
+            type=str,
+            default="What's in this image?",
+            help="User text sent with each image. Default: What's in this image?",
+        )
+        add(
+            "--system_prompt",
+            type=str,
+            default=None,
+            help="Optional system message. Default: none.",
+        )
         add("--max_tokens", type=int, default=300, help="Completion budget. Default: 300.")
-        add("--detail", type=str, default="auto", choices=vision_api.DETAILS,
-            help="Image detail level. Default: auto.")
-        add("--api_base", type=str, default=vision_api.DEFAULT_API_BASE,
+        add(
+            "--detail",
+            type=str,
+            default="auto",
+            choices=vision_api.DETAILS,
+            help="Image detail level. Default: auto.",
+        )
+        add(
+            "--api_base",
+            type=str,
+            default=vision_api.DEFAULT_API_BASE,
             help="OpenAI-compatible base URL, or 'local' to start the embedded offline "
-                 f"endpoint. Default: {vision_api.DEFAULT_API_BASE}.")
-        add("--api_key_env", type=str, default="AIMLAPI_API_KEY",
+            f"endpoint. Default: {vision_api.DEFAULT_API_BASE}.",
+        )
+        add(
+            "--api_key_env",
+            type=str,
+            default="AIMLAPI_API_KEY",
             help="Name of the environment variable holding the API key (the key itself is "
-                 "never a flag). Default: AIMLAPI_API_KEY.")
-        add("--max_concurrency", type=int, default=8,
-            help="Requests in flight per worker process. Default: 8.")
-        add("--request_timeout", type=float, default=60.0,
-            help="Seconds to wait for one attempt's answer. Default: 60.")
-        add("--max_retries", type=int, default=5,
+            "never a flag). Default: AIMLAPI_API_KEY.",
+        )
+        add(
+            "--max_concurrency",
+            type=int,
+            default=8,
+            help="Requests in flight per worker process. Default: 8.",
+        )
+        add(
+            "--request_timeout",
+            type=float,
+            default=60.0,
+            help="Seconds to wait for one attempt's answer. Default: 60.",
+        )
+        add(
+            "--max_retries",
+            type=int,
+            default=5,
             help="Retries per request for 408/409/429/5xx, resets, timeouts and broken JSON "
-                 "(so at most max_retries+1 attempts). Default: 5.")
-        add("--retry_backoff", type=float, default=1.0,
+            "(so at most max_retries+1 attempts). Default: 5.",
+        )
+        add(
+            "--retry_backoff",
+            type=float,
+            default=1.0,
             help="Base of the exponential back-off in seconds (retry n waits up to "
-                 "base*2^(n-1), capped at 60 s; Retry-After wins when longer). Default: 1.")
-        add("--requests_per_minute", type=float, default=0,
+            "base*2^(n-1), capped at 60 s; Retry-After wins when longer). Default: 1.",
+        )
+        add(
+            "--requests_per_minute",
+            type=float,
+            default=0,
             help="Request budget for the whole job, split evenly across worker processes "
-                 "(--direct_num_workers locally, --max_num_workers or --num_workers on "
-                 "Dataflow); 0 = none. Default: 0.")
-        add("--max_image_side", type=int, default=2048,
+            "(--direct_num_workers locally, --max_num_workers or --num_workers on "
+            "Dataflow); 0 = none. Default: 0.",
+        )
+        add(
+            "--max_image_side",
+            type=int,
+            default=2048,
             help="Images whose longer side is larger are scaled down before sending. "
-                 "Default: 2048.")
-        add("--max_image_pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
+            "Default: 2048.",
+        )
+        add(
+            "--max_image_pixels",
+            type=int,
+            default=images.DEFAULT_MAX_PIXELS,
             help="Images with more pixels are refused as possible decompression bombs. "
-                 f"Default: {images.DEFAULT_MAX_PIXELS}.")
-        add("--inline_http_images", action="store_true", default=False,
+            f"Default: {images.DEFAULT_MAX_PIXELS}.",
+        )
+        add(
+            "--inline_http_images",
+            action="store_true",
+            default=False,
             help="Fetch http(s) images on the worker and send them inline instead of by URL. "
-                 "Default: off.")
-        add("--batch_size", type=int, default=0,
-            help="Rows per batch handed to a worker; 0 = 4 x --max_concurrency. Default: 0.")
+            "Default: off.",
+        )
+        add(
+            "--batch_size",
+            type=int,
+            default=0,
+            help="Rows per batch handed to a worker; 0 = 4 x --max_concurrency. Default: 0.",
+        )
 
 
 class OptionsError(ValueError):
@@ -116,27 +196,32 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
         if getattr(opts, flag) < 1:
             raise OptionsError(f"--{flag} must be at least 1")
     if opts.max_retries < 0 or opts.request_timeout <= 0 or opts.requests_per_minute < 0:
-        raise OptionsError("--max_retries and --requests_per_minute must be >= 0 and "
-                           "--request_timeout > 0")
+        raise OptionsError(
+            "--max_retries and --requests_per_minute must be >= 0 and --request_timeout > 0"
+        )
     if opts.api_base != LOCAL:
         if not opts.api_base.startswith(("http://", "https://")):
             raise OptionsError(f"--api_base {opts.api_base!r} must be an http(s) URL or 'local'")
         if not os.environ.get(opts.api_key_env or ""):
             raise OptionsError(
                 f"no API key: set the environment variable {opts.api_key_env} (or name another "
-                "with --api_key_env), or run offline with --api_base local")
+                "with --api_key_env), or run offline with --api_base local"
+            )
+    FileSystems.set_options(options)  # so the gs:// check below uses the job's credentials
     try:
         columns, _ = parquet_columns(opts.input)
     except ValueError as exc:
         raise OptionsError(str(exc)) from None
     if opts.image_column not in columns:
-        raise OptionsError(f"--image_column {opts.image_column!r} is not in the input; its "
-                           f"columns are {columns}")
+        raise OptionsError(
+            f"--image_column {opts.image_column!r} is not in the input; its columns are {columns}"
+        )
     if opts.id_column is None:
         opts.id_column = "image_id" if "image_id" in columns else ""
     elif opts.id_column not in columns:
-        raise OptionsError(f"--id_column {opts.id_column!r} is not in the input; its columns "
-                           f"are {columns}")
+        raise OptionsError(
+            f"--id_column {opts.id_column!r} is not in the input; its columns are {columns}"
+        )
     return opts
 
 
@@ -146,14 +231,19 @@ def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfi
     return di.DescribeConfig(
         api_base=api_base,
         api_key_env=None if local else opts.api_key_env,
-        chat=vision_api.ChatConfig(model=opts.model, prompt=opts.prompt,
-                                   system_prompt=opts.system_prompt,
-                                   max_tokens=opts.max_tokens, detail=opts.detail),
-        image=images.ImageOptions(max_side=opts.max_image_side,
-                                  max_pixels=opts.max_image_pixels,
-                                  inline_http=opts.inline_http_images),
-        retry=vision_api.RetryPolicy(max_retries=opts.max_retries,
-                                     backoff_base=opts.retry_backoff),
+        chat=vision_api.ChatConfig(
+            model=opts.model,
+            prompt=opts.prompt,
+            system_prompt=opts.system_prompt,
+            max_tokens=opts.max_tokens,
+            detail=opts.detail,
+        ),
+        image=images.ImageOptions(
+            max_side=opts.max_image_side,
+            max_pixels=opts.max_image_pixels,
+            inline_http=opts.inline_http_images,
+        ),
+        retry=vision_api.RetryPolicy(max_retries=opts.max_retries, backoff_base=opts.retry_backoff),
         max_concurrency=opts.max_concurrency,
         request_timeout=opts.request_timeout,
         requests_per_minute=worker_share(opts.requests_per_minute, _worker_processes(options)),
@@ -171,7 +261,8 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions, api_base: str):
     )
     descriptions, failures = outputs[di.DESCRIPTIONS], outputs[di.FAILURES]
     _ = descriptions | "WriteDescriptions" >> WriteRows(
-        opts.output, "descriptions", schema.DESCRIPTIONS_SCHEMA)
+        opts.output, "descriptions", schema.DESCRIPTIONS_SCHEMA
+    )
     _ = failures | "WriteFailures" >> WriteRows(opts.output, "failures", schema.FAILURES_SCHEMA)
     return descriptions, failures
 
@@ -218,7 +309,18 @@ def _default_runner(argv: list[str]) -> list[str]:
 
 def run(argv: list[str] | None = None, save_main_session: bool = False):
     """Parse flags, run the job to completion, print the summary; returns the PipelineResult."""
-    argv = _default_runner(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        parser = argparse.ArgumentParser(
+            prog="python -m pipelines.describe_images",
+            description="Describe the images referenced in a Parquet table with a vision chat "
+            "model. Beam's own options (--runner, --direct_num_workers, --project, ...) are "
+            "accepted too.",
+        )
+        DescribeImagesOptions._add_argparse_args(parser)
+        parser.print_help()
+        raise SystemExit(0)
+    argv = _default_runner(argv)
     options = PipelineOptions(argv)
     try:
         opts = validate(options)
@@ -227,8 +329,10 @@ def run(argv: list[str] | None = None, save_main_session: bool = False):
     endpoint = ChatEndpoint().start() if opts.api_base == LOCAL else None
     try:
         if endpoint is not None:
-            _LOGGER.info("offline mode: local image-analyser endpoint at %s (not a language "
-                         "model)", endpoint.base_url)
+            _LOGGER.info(
+                "offline mode: local image-analyser endpoint at %s (not a language model)",
+                endpoint.base_url,
+            )
         api_base = endpoint.base_url if endpoint else opts.api_base
         started = time.monotonic()
         p = beam.Pipeline(options=options)

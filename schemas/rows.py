@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import pyarrow as pa
 
@@ -46,7 +47,9 @@ DESCRIPTION_FIELDS: tuple[Field, ...] = (
     Field("response_id", "STRING", True, "The API's id for the completion."),
     Field("latency_ms", "FLOAT64", False, "Wall time of the successful attempt, milliseconds."),
     Field("attempts", "INT64", False, "HTTP attempts made for this row (1 = no retry)."),
-    Field("image_sha256", "STRING", True, "SHA-256 of the source image bytes (null if sent by URL)."),
+    Field(
+        "image_sha256", "STRING", True, "SHA-256 of the source image bytes (null if sent by URL)."
+    ),
     Field("image_mime", "STRING", True, "MIME type of the source image, from its bytes."),
     Field("image_width", "INT64", True, "Upright width of the source image in pixels."),
     Field("image_height", "INT64", True, "Upright height of the source image in pixels."),
@@ -58,7 +61,9 @@ FAILURE_FIELDS: tuple[Field, ...] = (
     Field("image_uri", "STRING", True, "The image reference as read from the input."),
     Field("stage", "STRING", False, "Where it failed: read, decode, request or response."),
     Field("error", "STRING", False, "What went wrong and what to do about it."),
-    Field("error_type", "STRING", True, "Short machine-readable kind (not_found, rate_limited, ...)."),
+    Field(
+        "error_type", "STRING", True, "Short machine-readable kind (not_found, rate_limited, ...)."
+    ),
     Field("http_status", "INT64", True, "HTTP status of the last attempt, when there was one."),
     Field("request_id", "STRING", True, "The provider's request id, when it sent one."),
     Field("attempts", "INT64", False, "HTTP attempts made (0 when the image never got that far)."),
@@ -68,9 +73,7 @@ FAILURE_FIELDS: tuple[Field, ...] = (
 
 
 def to_pyarrow(fields: Iterable[Field]) -> pa.Schema:
-    return pa.schema(
-        [pa.field(f.name, TYPES[f.type][0], nullable=f.nullable) for f in fields]
-    )
+    return pa.schema([pa.field(f.name, TYPES[f.type][0], nullable=f.nullable) for f in fields])
 
 
 def to_bigquery(fields: Iterable[Field]) -> dict[str, Any]:
@@ -93,9 +96,7 @@ def check_row(fields: Iterable[Field], row: Mapping[str, Any]) -> None:
     fields = tuple(fields)
     names = [f.name for f in fields]
     if set(row) != set(names):
-        raise ValueError(
-            f"row columns {sorted(row)} differ from the schema's {sorted(names)}"
-        )
+        raise ValueError(f"row columns {sorted(row)} differ from the schema's {sorted(names)}")
     for f in fields:
         value = row[f.name]
         if value is None:
@@ -104,9 +105,7 @@ def check_row(fields: Iterable[Field], row: Mapping[str, Any]) -> None:
             continue
         expected = TYPES[f.type][2]
         if expected is int and isinstance(value, bool) or not isinstance(value, expected):
-            raise ValueError(
-                f"column {f.name} should be {f.type}, got {type(value).__name__}"
-            )
+            raise ValueError(f"column {f.name} should be {f.type}, got {type(value).__name__}")
 
 
 DESCRIPTIONS_SCHEMA = to_pyarrow(DESCRIPTION_FIELDS)

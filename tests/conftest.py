@@ -14,9 +14,17 @@ from tests.support.gcs import FakeGcs  # noqa: E402
 @pytest.fixture(scope="session")
 def fake_gcs():
     """fake-gcs-server for the whole session; STORAGE_EMULATOR_HOST points at it."""
+    from apache_beam.internal.gcp import auth
+
     server = FakeGcs().start()
     old = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = server.url
+    # This machine has no Application Default Credentials; Beam's GCS filesystem would retry
+    # looking for them for ~30 s before connecting anonymously. The emulator takes anonymous
+    # calls, so settle Beam's once-per-process credentials lookup as "anonymous" up front.
+    with auth._Credentials._credentials_lock:
+        auth._Credentials._credentials_init = True
+        auth._Credentials._credentials = None
     yield server
     if old is None:
         os.environ.pop("STORAGE_EMULATOR_HOST", None)

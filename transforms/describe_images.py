@@ -17,7 +17,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -87,11 +88,13 @@ class _Worker:
         # a couple of threads more than request slots, so images are prepared while the slots
         # are busy; the slots alone bound what is in flight
         self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=cfg.max_concurrency + 2, thread_name_prefix="vision-enrich")
+            max_workers=cfg.max_concurrency + 2, thread_name_prefix="vision-enrich"
+        )
         self.tally = _Tally()
         self._stop = threading.Event()
-        self._progress = threading.Thread(target=self._report, name="vision-enrich-progress",
-                                          daemon=True)
+        self._progress = threading.Thread(
+            target=self._report, name="vision-enrich-progress", daemon=True
+        )
         self._progress.start()
 
     def close(self) -> None:
@@ -107,11 +110,22 @@ class _Worker:
             with t.lock:
                 done = t.described + t.failed
                 snapshot = (done, t.requests)
-                line = (done, t.described, t.failed, t.submitted - done, t.requests, t.retries,
-                        t.rate_limited, done / max(1e-9, time.monotonic() - t.started))
+                line = (
+                    done,
+                    t.described,
+                    t.failed,
+                    t.submitted - done,
+                    t.requests,
+                    t.retries,
+                    t.rate_limited,
+                    done / max(1e-9, time.monotonic() - t.started),
+                )
             if snapshot != last:
-                _LOGGER.info("progress: %d done (%d described, %d failed), %d in flight, "
-                             "%d requests, %d retries, %d rate-limited, %.1f images/s", *line)
+                _LOGGER.info(
+                    "progress: %d done (%d described, %d failed), %d in flight, "
+                    "%d requests, %d retries, %d rate-limited, %.1f images/s",
+                    *line,
+                )
                 last = snapshot
 
     # -- one row, on an executor thread ----------------------------------------------------
@@ -122,24 +136,63 @@ class _Worker:
         try:
             prepared = self.loader.prepare(uri)
         except images.ImageError as exc:
-            return FAILURES, failure_row(ref, exc.stage, exc.message, exc.error_type,
-                                         exc.http_status, None, 0, cfg), result
+            return (
+                FAILURES,
+                failure_row(
+                    ref, exc.stage, exc.message, exc.error_type, exc.http_status, None, 0, cfg
+                ),
+                result,
+            )
         except Exception as exc:  # a bug or an exotic file must not take the batch down
             _LOGGER.exception("unexpected error preparing %s", image_id)
-            return FAILURES, failure_row(ref, "decode", f"unexpected {type(exc).__name__}: "
-                                         f"{exc}", "internal", None, None, 0, cfg), result
+            return (
+                FAILURES,
+                failure_row(
+                    ref,
+                    "decode",
+                    f"unexpected {type(exc).__name__}: {exc}",
+                    "internal",
+                    None,
+                    None,
+                    0,
+                    cfg,
+                ),
+                result,
+            )
         try:
             body = vision_api.build_request(prepared.url, cfg.chat)
             result = self.client.complete(body)
         except Exception as exc:
             _LOGGER.exception("unexpected error requesting %s", image_id)
-            return FAILURES, failure_row(ref, "request", f"unexpected {type(exc).__name__}: "
-                                         f"{exc}", "internal", None, None, result.attempts,
-                                         cfg), result
+            return (
+                FAILURES,
+                failure_row(
+                    ref,
+                    "request",
+                    f"unexpected {type(exc).__name__}: {exc}",
+                    "internal",
+                    None,
+                    None,
+                    result.attempts,
+                    cfg,
+                ),
+                result,
+            )
         if not result.ok:
-            return FAILURES, failure_row(ref, result.stage or "request", result.error or "",
-                                         result.error_type, result.http_status,
-                                         result.request_id, result.attempts, cfg), result
+            return (
+                FAILURES,
+                failure_row(
+                    ref,
+                    result.stage or "request",
+                    result.error or "",
+                    result.error_type,
+                    result.http_status,
+                    result.request_id,
+                    result.attempts,
+                    cfg,
+                ),
+                result,
+            )
         c = result.completion
         row = {
             "image_id": str(image_id if image_id is not None else uri),
@@ -163,9 +216,16 @@ class _Worker:
         return DESCRIPTIONS, row, result
 
 
-def failure_row(ref: dict[str, Any], stage: str, error: str, error_type: str | None,
-                http_status: int | None, request_id: str | None, attempts: int,
-                cfg: DescribeConfig) -> dict[str, Any]:
+def failure_row(
+    ref: dict[str, Any],
+    stage: str,
+    error: str,
+    error_type: str | None,
+    http_status: int | None,
+    request_id: str | None,
+    attempts: int,
+    cfg: DescribeConfig,
+) -> dict[str, Any]:
     image_id, uri = ref.get("image_id"), ref.get("image_uri")
     if image_id is None:
         image_id = uri
@@ -260,8 +320,12 @@ class DescribeImagesFn(beam.DoFn):
             self._sessions.inc()
             self._new_session = False
 
-    def process(self, batch: Iterable[dict], window=beam.DoFn.WindowParam,
-                timestamp=beam.DoFn.TimestampParam):
+    def process(
+        self,
+        batch: Iterable[dict],
+        window=beam.DoFn.WindowParam,
+        timestamp=beam.DoFn.TimestampParam,
+    ):
         tally = self._worker.tally
         for ref in batch:
             future = self._worker.executor.submit(self._worker.describe, ref)
@@ -286,8 +350,9 @@ class DescribeImagesFn(beam.DoFn):
                 yield self._emit(future.result(), window, timestamp)
             if len(self._pending) <= keep:
                 return
-            concurrent.futures.wait(list(self._pending),
-                                    return_when=concurrent.futures.FIRST_COMPLETED)
+            concurrent.futures.wait(
+                list(self._pending), return_when=concurrent.futures.FIRST_COMPLETED
+            )
 
     def _emit(self, outcome, window, timestamp):
         tag, row, result = outcome
@@ -332,9 +397,10 @@ class DescribeImages(beam.PTransform):
         size = self._cfg.batch_size or 4 * self._cfg.max_concurrency
         return (
             refs
-            | "BatchRefs" >> beam.BatchElements(min_batch_size=min(size, self._cfg.max_concurrency),
-                                                max_batch_size=size)
-            | "CallVisionApi" >> beam.ParDo(DescribeImagesFn(self._cfg)).with_outputs(
-                FAILURES, main=DESCRIPTIONS)
+            | "BatchRefs"
+            >> beam.BatchElements(
+                min_batch_size=min(size, self._cfg.max_concurrency), max_batch_size=size
+            )
+            | "CallVisionApi"
+            >> beam.ParDo(DescribeImagesFn(self._cfg)).with_outputs(FAILURES, main=DESCRIPTIONS)
         )
-

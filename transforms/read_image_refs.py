@@ -50,8 +50,13 @@ def to_ref(row: dict[str, Any], image_column: str, id_column: str | None) -> dic
 
 
 class ReadImageRefs(beam.PTransform):
-    def __init__(self, file_pattern: str, image_column: str = "image_uri",
-                 id_column: str | None = "image_id", label: str | None = None):
+    def __init__(
+        self,
+        file_pattern: str,
+        image_column: str = "image_uri",
+        id_column: str | None = "image_id",
+        label: str | None = None,
+    ):
         super().__init__(label)
         self._pattern = file_pattern
         self._image_column = image_column

@@ -19,5 +19,8 @@ class WriteRows(beam.PTransform):
 
     def expand(self, rows):
         return rows | "WriteParquet" >> beam.io.WriteToParquet(
-            self._prefix, self._schema, file_name_suffix=".parquet",
-            shard_name_template="-SSSSS-of-NNNNN")
+            self._prefix,
+            self._schema,
+            file_name_suffix=".parquet",
+            shard_name_template="-SSSSS-of-NNNNN",
+        )

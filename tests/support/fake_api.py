@@ -18,9 +18,8 @@ import random
 import threading
 import time
 
-from transforms.core.local_endpoint import ChatEndpoint, Fault, completion, image_bytes, \
-    image_parts
 from tests.support.openapi import request_errors
+from transforms.core.local_endpoint import ChatEndpoint, Fault, completion, image_bytes, image_parts
 
 
 def image_digest(body: dict) -> str:
@@ -34,8 +33,19 @@ def sha_answer(body: dict) -> dict:
     return completion(body, f"sha256:{image_digest(body)}", "test-model-2024", image_tokens=85)
 
 
-FAULT_KINDS = ("429_retry_after", "429_retry_after_date", "429_ms", "429_bare", "500", "502",
-               "503", "reset", "slow", "broken_json", "aiml_503")
+FAULT_KINDS = (
+    "429_retry_after",
+    "429_retry_after_date",
+    "429_ms",
+    "429_bare",
+    "500",
+    "502",
+    "503",
+    "reset",
+    "slow",
+    "broken_json",
+    "aiml_503",
+)
 
 
 @dataclasses.dataclass
@@ -81,15 +91,25 @@ class FaultPlan:
         if kind == "429_ms":
             return Fault("status", 429, headers={"retry-after-ms": str(int(ra * 1000))})
         if kind == "429_bare":
-            return Fault("status", 429, body={"error": {"message": "Rate limit reached",
-                                                        "type": "requests", "code": None}})
+            return Fault(
+                "status",
+                429,
+                body={"error": {"message": "Rate limit reached", "type": "requests", "code": None}},
+            )
         if kind in ("500", "502", "503"):
             return Fault("status", int(kind))
         if kind == "aiml_503":
-            return Fault("status", 503, body={"message": "Service temporarily unavailable",
-                                              "path": "/v1/chat/completions",
-                                              "requestId": "req-aiml-1", "statusCode": 503,
-                                              "timestamp": "2026-11-24T00:00:00.000Z"})
+            return Fault(
+                "status",
+                503,
+                body={
+                    "message": "Service temporarily unavailable",
+                    "path": "/v1/chat/completions",
+                    "requestId": "req-aiml-1",
+                    "statusCode": 503,
+                    "timestamp": "2026-11-24T00:00:00.000Z",
+                },
+            )
         if kind == "reset":
             return Fault("reset")
         if kind == "slow":
@@ -102,8 +122,13 @@ class FaultPlan:
 class RecordingApi:
     """A running endpoint plus what it saw. Use as a context manager."""
 
-    def __init__(self, plan: FaultPlan | None = None, latency: float = 0.0,
-                 rate_limit_per_s: float | None = None, answer=sha_answer):
+    def __init__(
+        self,
+        plan: FaultPlan | None = None,
+        latency: float = 0.0,
+        rate_limit_per_s: float | None = None,
+        answer=sha_answer,
+    ):
         self.plan = plan
         self.bodies: list[dict] = []
         self.schema_errors: list[list[str]] = []
@@ -148,8 +173,11 @@ class RecordingApi:
                 return Fault("status", 429, headers={"Retry-After": "1"})
             self.attempts[key].append((now, kind))
         if errors:
-            return Fault("status", 400, body={"error": {"message": "; ".join(errors),
-                                                        "type": "invalid_request_error"}})
+            return Fault(
+                "status",
+                400,
+                body={"error": {"message": "; ".join(errors), "type": "invalid_request_error"}},
+            )
         return self.plan.fault(kind) if self.plan else None
 
     @property

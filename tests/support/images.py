@@ -11,8 +11,13 @@ def gradient(size=(64, 48), mode="RGB", seed: int = 0) -> Image.Image:
     """A distinct image per seed (so content hashes differ)."""
     w, h = size
     img = Image.new("RGB", size)
-    img.putdata([((x * 4 + seed * 37) % 256, (y * 5 + seed * 11) % 256, (x + y + seed) % 256)
-                 for y in range(h) for x in range(w)])
+    img.putdata(
+        [
+            ((x * 4 + seed * 37) % 256, (y * 5 + seed * 11) % 256, (x + y + seed) % 256)
+            for y in range(h)
+            for x in range(w)
+        ]
+    )
     return img.convert(mode) if mode != "RGB" else img
 
 
@@ -42,14 +47,25 @@ def truncated(data: bytes, keep: float = 0.5) -> bytes:
 
 
 def bomb_png(side: int = 30000) -> bytes:
-    """A PNG whose header claims side x side pixels (a few KB on disk)."""
-    return encode(Image.new("1", (side, side)), "PNG", optimize=True)
+    """A small PNG whose header claims side x side pixels but whose data is a 16x16 image.
+
+    Decoding it would fail as truncated; refusing it from the header alone gives the
+    pixel-count error, which is how a test tells the two apart.
+    """
+    import struct
+    import zlib
+
+    data = bytearray(encode(Image.new("L", (16, 16)), "PNG"))
+    ihdr = 8  # the IHDR chunk follows the 8-byte signature: length, type, data, CRC
+    data[ihdr + 8 : ihdr + 16] = struct.pack(">II", side, side)
+    crc = zlib.crc32(bytes(data[ihdr + 4 : ihdr + 8 + 13]))
+    data[ihdr + 8 + 13 : ihdr + 8 + 17] = struct.pack(">I", crc)
+    return bytes(data)
 
 
 def animated_gif() -> bytes:
     frames = [gradient((32, 32), seed=s).convert("P") for s in range(3)]
-    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100,
-                  loop=0)
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
 def palette_png_with_transparency() -> bytes:

@@ -16,13 +16,27 @@ MODEL_ID = "local-image-analyzer"
 
 # A small palette of named colours; each pixel cluster is named after the nearest one.
 _PALETTE = {
-    "black": (0, 0, 0), "dark gray": (64, 64, 64), "gray": (128, 128, 128),
-    "light gray": (192, 192, 192), "white": (255, 255, 255), "red": (200, 30, 30),
-    "dark red": (110, 20, 20), "orange": (240, 140, 30), "brown": (120, 75, 40),
-    "beige": (220, 200, 160), "yellow": (235, 220, 50), "olive": (120, 120, 40),
-    "green": (50, 160, 60), "dark green": (25, 80, 35), "teal": (30, 130, 130),
-    "light blue": (140, 190, 235), "blue": (40, 80, 200), "navy": (20, 30, 90),
-    "purple": (120, 50, 150), "pink": (235, 150, 180), "skin tone": (225, 180, 150),
+    "black": (0, 0, 0),
+    "dark gray": (64, 64, 64),
+    "gray": (128, 128, 128),
+    "light gray": (192, 192, 192),
+    "white": (255, 255, 255),
+    "red": (200, 30, 30),
+    "dark red": (110, 20, 20),
+    "orange": (240, 140, 30),
+    "brown": (120, 75, 40),
+    "beige": (220, 200, 160),
+    "yellow": (235, 220, 50),
+    "olive": (120, 120, 40),
+    "green": (50, 160, 60),
+    "dark green": (25, 80, 35),
+    "teal": (30, 130, 130),
+    "light blue": (140, 190, 235),
+    "blue": (40, 80, 200),
+    "navy": (20, 30, 90),
+    "purple": (120, 50, 150),
+    "pink": (235, 150, 180),
+    "skin tone": (225, 180, 150),
 }
 
 _EXIF_DATETIME_ORIGINAL = 0x9003
@@ -44,7 +58,7 @@ def dominant_colours(img: Image.Image, count: int = 3) -> list[tuple[str, float]
     shares: dict[str, float] = {}
     total = 64 * 64
     for n, index in sorted(quantised.getcolors() or [], reverse=True):
-        rgb = tuple(palette[index * 3: index * 3 + 3])
+        rgb = tuple(palette[index * 3 : index * 3 + 3])
         name = _nearest_colour(rgb)  # type: ignore[arg-type]
         shares[name] = shares.get(name, 0.0) + n / total
     ranked = sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -72,7 +86,10 @@ def analyse(data: bytes) -> dict:
         "width": width,
         "height": height,
         "mode": img.mode,
-        "orientation": "landscape" if width > height else "portrait" if height > width
+        "orientation": "landscape"
+        if width > height
+        else "portrait"
+        if height > width
         else "square",
         "colours": dominant_colours(img),
         "brightness": brightness,
@@ -85,10 +102,20 @@ def analyse(data: bytes) -> dict:
 def describe(data: bytes) -> str:
     """One paragraph of plain facts about the image."""
     f = analyse(data)
-    tone = ("very dark" if f["brightness"] < 0.2 else "dark" if f["brightness"] < 0.4
-            else "bright" if f["brightness"] > 0.65 else "evenly lit")
-    focus = "sharp and detailed" if f["sharpness"] > 40 else (
-        "moderately detailed" if f["sharpness"] > 15 else "soft or smooth")
+    tone = (
+        "very dark"
+        if f["brightness"] < 0.2
+        else "dark"
+        if f["brightness"] < 0.4
+        else "bright"
+        if f["brightness"] > 0.65
+        else "evenly lit"
+    )
+    focus = (
+        "sharp and detailed"
+        if f["sharpness"] > 40
+        else ("moderately detailed" if f["sharpness"] > 15 else "soft or smooth")
+    )
     colours = ", ".join(f"{name} ({share:.0%})" for name, share in f["colours"])
     text = (
         f"A {f['orientation']} {f['format']} image, {f['width']}x{f['height']} pixels "

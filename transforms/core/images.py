@@ -23,7 +23,7 @@ import hashlib
 import io
 import os
 import urllib.parse
-from typing import Callable
+from collections.abc import Callable
 
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -101,13 +101,18 @@ class ImageLoader:
     def prepare(self, reference: str | None) -> PreparedImage:
         ref = (reference or "").strip() if isinstance(reference, str) else reference
         if ref is None or ref == "":
-            raise _read_error("empty image reference (null or blank in the input column)",
-                              "empty_reference")
+            raise _read_error(
+                "empty image reference (null or blank in the input column)", "empty_reference"
+            )
         if not isinstance(ref, str):
-            raise _read_error(f"image reference is a {type(ref).__name__}, not a string",
-                              "bad_reference")
-        scheme = urllib.parse.urlsplit(ref).scheme.lower() if "://" in ref or ref.startswith(
-            "data:") else ""
+            raise _read_error(
+                f"image reference is a {type(ref).__name__}, not a string", "bad_reference"
+            )
+        scheme = (
+            urllib.parse.urlsplit(ref).scheme.lower()
+            if "://" in ref or ref.startswith("data:")
+            else ""
+        )
         if scheme in ("http", "https"):
             if not self.options.inline_http:
                 host = urllib.parse.urlsplit(ref).hostname
@@ -123,11 +128,16 @@ class ImageLoader:
             return self.prepare_bytes(self._read_file(ref))
         raise _read_error(
             f"unsupported scheme {scheme + '://'!r} in {ref[:200]!r}: use a local path, file://, "
-            "gs://, http(s):// or data: URL", "unsupported_scheme")
+            "gs://, http(s):// or data: URL",
+            "unsupported_scheme",
+        )
 
     def _read_file(self, ref: str) -> bytes:
-        path = urllib.parse.unquote(urllib.parse.urlsplit(ref).path) if ref.startswith(
-            "file://") else ref
+        path = (
+            urllib.parse.unquote(urllib.parse.urlsplit(ref).path)
+            if ref.startswith("file://")
+            else ref
+        )
         absolute = os.path.abspath(os.path.expanduser(path))
         if os.path.isdir(absolute):
             raise _read_error(f"{path!r} is a directory, not an image file", "is_directory")
@@ -135,27 +145,33 @@ class ImageLoader:
             with open(absolute, "rb") as f:
                 data = f.read(self.options.max_read_bytes + 1)
         except FileNotFoundError:
-            raise _read_error(f"no such file: {path!r} (resolved to {absolute!r} on the worker)",
-                              "not_found") from None
+            raise _read_error(
+                f"no such file: {path!r} (resolved to {absolute!r} on the worker)", "not_found"
+            ) from None
         except PermissionError:
             raise _read_error(f"permission denied reading {absolute!r}", "forbidden") from None
         except OSError as exc:
-            raise _read_error(f"cannot read {absolute!r}: {exc.strerror or exc}",
-                              "read_error") from None
+            raise _read_error(
+                f"cannot read {absolute!r}: {exc.strerror or exc}", "read_error"
+            ) from None
         return self._check_size(data, path)
 
     def _check_size(self, data: bytes, where: str) -> bytes:
         if len(data) > self.options.max_read_bytes:
-            raise _read_error(f"{where[:200]!r} is larger than "
-                              f"{self.options.max_read_bytes // (1024 * 1024)} MiB", "too_large")
+            raise _read_error(
+                f"{where[:200]!r} is larger than "
+                f"{self.options.max_read_bytes // (1024 * 1024)} MiB",
+                "too_large",
+            )
         return data
 
     def _read_gcs(self, ref: str) -> bytes:
         parts = urllib.parse.urlsplit(ref)
         bucket, name = parts.netloc, parts.path.lstrip("/")
         if not bucket or not name:
-            raise _read_error(f"malformed gs:// reference {ref!r}: expected gs://bucket/object",
-                              "bad_reference")
+            raise _read_error(
+                f"malformed gs:// reference {ref!r}: expected gs://bucket/object", "bad_reference"
+            )
         from google.api_core import exceptions as gexc
 
         if self._gcs is None:
@@ -164,18 +180,27 @@ class ImageLoader:
             blob = self._gcs.bucket(bucket).blob(name)
             data = blob.download_as_bytes(start=0, end=self.options.max_read_bytes)
         except gexc.NotFound as exc:
-            what = "bucket" if "bucket" in str(exc).lower() and "does not exist" in str(
-                exc).lower() else "object or its bucket"
-            raise _read_error(f"{ref} not found: the {what} does not exist", "not_found",
-                              404) from None
+            what = (
+                "bucket"
+                if "bucket" in str(exc).lower() and "does not exist" in str(exc).lower()
+                else "object or its bucket"
+            )
+            raise _read_error(
+                f"{ref} not found: the {what} does not exist", "not_found", 404
+            ) from None
         except gexc.Forbidden:
-            raise _read_error(f"permission denied on {ref}: grant the worker's service account "
-                              "roles/storage.objectViewer on the bucket", "forbidden", 403) from None
+            raise _read_error(
+                f"permission denied on {ref}: grant the worker's service account "
+                "roles/storage.objectViewer on the bucket",
+                "forbidden",
+                403,
+            ) from None
         except gexc.GoogleAPICallError as exc:
             if exc.code == 416:  # a ranged read of a zero-byte object
                 return b""
-            raise _read_error(f"reading {ref} failed: HTTP {exc.code}: {exc.message}",
-                              "read_error", exc.code) from None
+            raise _read_error(
+                f"reading {ref} failed: HTTP {exc.code}: {exc.message}", "read_error", exc.code
+            ) from None
         return self._check_size(data, ref)
 
     def _read_http(self, ref: str) -> bytes:
@@ -183,9 +208,11 @@ class ImageLoader:
         try:
             with session.get(ref, timeout=self.options.http_timeout, stream=True) as response:
                 if response.status_code != 200:
-                    raise _read_error(f"HTTP {response.status_code} fetching {ref[:200]}",
-                                      "not_found" if response.status_code == 404
-                                      else "http_error", response.status_code)
+                    raise _read_error(
+                        f"HTTP {response.status_code} fetching {ref[:200]}",
+                        "not_found" if response.status_code == 404 else "http_error",
+                        response.status_code,
+                    )
                 chunks, size = [], 0
                 for chunk in response.iter_content(256 * 1024):
                     chunks.append(chunk)
@@ -193,11 +220,13 @@ class ImageLoader:
                     if size > self.options.max_read_bytes:
                         break
         except requests.Timeout:
-            raise _read_error(f"no answer from {ref[:200]} within "
-                              f"{self.options.http_timeout:g}s", "timeout") from None
+            raise _read_error(
+                f"no answer from {ref[:200]} within {self.options.http_timeout:g}s", "timeout"
+            ) from None
         except requests.RequestException as exc:
-            raise _read_error(f"fetching {ref[:200]} failed: {type(exc).__name__}",
-                              "connection") from None
+            raise _read_error(
+                f"fetching {ref[:200]} failed: {type(exc).__name__}", "connection"
+            ) from None
         return self._check_size(b"".join(chunks), ref)
 
     # -- preparing -----------------------------------------------------------------------------
@@ -216,7 +245,9 @@ class ImageLoader:
         if width * height > opts.max_pixels:
             raise _decode_error(
                 f"{width}x{height} {fmt} has {width * height:,} pixels, over the "
-                f"{opts.max_pixels:,} limit (possible decompression bomb)", "too_many_pixels")
+                f"{opts.max_pixels:,} limit (possible decompression bomb)",
+                "too_many_pixels",
+            )
         try:
             orientation = img.getexif().get(EXIF_ORIENTATION, 1)
         except Exception:  # a broken EXIF block should not sink a readable image
@@ -226,8 +257,10 @@ class ImageLoader:
         shrink = longest > opts.max_side
         if shrink and fmt == "JPEG":
             # decode straight to a smaller scale (DCT scaling): far cheaper than full decode
-            target = max(1, round(width * opts.max_side / longest)), max(
-                1, round(height * opts.max_side / longest))
+            target = (
+                max(1, round(width * opts.max_side / longest)),
+                max(1, round(height * opts.max_side / longest)),
+            )
             img.draft(img.mode, target)
         try:
             img.load()
@@ -250,7 +283,9 @@ class ImageLoader:
         if len(payload) > opts.max_send_bytes:
             raise _decode_error(
                 f"image is {len(payload) / 1e6:.1f} MB after conversion, over the API's "
-                f"{opts.max_send_bytes / 1e6:.0f} MB limit; lower --max_image_side", "too_large")
+                f"{opts.max_send_bytes / 1e6:.0f} MB limit; lower --max_image_side",
+                "too_large",
+            )
         return PreparedImage(
             url=f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}",
             sha256=hashlib.sha256(data).hexdigest(),
@@ -267,15 +302,17 @@ class ImageLoader:
         if orientation not in (1, None):
             img = ImageOps.exif_transpose(img)
         has_alpha = img.mode in ("RGBA", "LA", "PA") or (
-            img.mode == "P" and "transparency" in img.info)
+            img.mode == "P" and "transparency" in img.info
+        )
         # palette and bilevel images (GIFs, diagrams) compress better and stay exact as PNG
         lossless = has_alpha or img.mode in ("P", "1")
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             img = _to_8bit(img)
         img = img.convert("RGBA" if has_alpha else "RGB")
         if max(img.size) > opts.max_side:
-            img.thumbnail((opts.max_side, opts.max_side), Image.Resampling.LANCZOS,
-                          reducing_gap=2.0)
+            img.thumbnail(
+                (opts.max_side, opts.max_side), Image.Resampling.LANCZOS, reducing_gap=2.0
+            )
         out = io.BytesIO()
         if lossless:
             img.save(out, "PNG", optimize=False, compress_level=6)

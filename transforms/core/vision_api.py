@@ -31,7 +31,8 @@ import random
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import requests
 
@@ -125,9 +126,7 @@ def _int_or_none(value: Any) -> int | None:
 def parse_completion(payload: Any) -> Completion:
     """Pull the answer, model, finish reason and usage out of a chat completion body."""
     if not isinstance(payload, dict):
-        raise ResponseError(
-            f"expected a JSON object, got {type(payload).__name__}", "bad_response"
-        )
+        raise ResponseError(f"expected a JSON object, got {type(payload).__name__}", "bad_response")
     if "error" in payload and not payload.get("choices"):
         err = parse_error_body(payload)
         raise ResponseError(f"the API answered 200 with an error: {err[0]}", "api_error")
@@ -224,8 +223,15 @@ _HINTS = {
 }
 
 _ERROR_TYPES = {
-    400: "bad_request", 401: "unauthorized", 402: "payment_required", 403: "forbidden",
-    404: "not_found", 408: "timeout", 409: "conflict", 413: "too_large", 429: "rate_limited",
+    400: "bad_request",
+    401: "unauthorized",
+    402: "payment_required",
+    403: "forbidden",
+    404: "not_found",
+    408: "timeout",
+    409: "conflict",
+    413: "too_large",
+    429: "rate_limited",
 }
 
 
@@ -253,8 +259,16 @@ class CallResult:
 class _Attempt(Exception):
     """One failed attempt, with what the retry loop needs to know."""
 
-    def __init__(self, stage, error, error_type, status=None, request_id=None,
-                 retryable=False, retry_after=None):
+    def __init__(
+        self,
+        stage,
+        error,
+        error_type,
+        status=None,
+        request_id=None,
+        retryable=False,
+        retry_after=None,
+    ):
         super().__init__(error)
         self.stage, self.error, self.error_type = stage, error, error_type
         self.status, self.request_id = status, request_id
@@ -346,12 +360,19 @@ class VisionClient:
                 )
                 content = response.content
             except requests.Timeout:
-                raise _Attempt("request", f"no answer from {self.host} within "
-                               f"{self.timeout:g}s (--request_timeout)", "timeout",
-                               retryable=True) from None
+                raise _Attempt(
+                    "request",
+                    f"no answer from {self.host} within {self.timeout:g}s (--request_timeout)",
+                    "timeout",
+                    retryable=True,
+                ) from None
             except requests.RequestException as exc:
-                raise _Attempt("request", f"connection to {self.host} failed: "
-                               f"{type(exc).__name__}", "connection", retryable=True) from None
+                raise _Attempt(
+                    "request",
+                    f"connection to {self.host} failed: {type(exc).__name__}",
+                    "connection",
+                    retryable=True,
+                ) from None
         finally:
             result.latency_ms = (time.perf_counter() - start) * 1000.0
             if self.slots is not None:
@@ -364,24 +385,39 @@ class VisionClient:
             try:
                 payload = json.loads(content)
             except ValueError:
-                raise _Attempt("response", f"{self.host} answered 200 with a body that is not "
-                               f"valid JSON ({len(content)} bytes)", "bad_json", status,
-                               header_request_id, retryable=True) from None
+                raise _Attempt(
+                    "response",
+                    f"{self.host} answered 200 with a body that is not "
+                    f"valid JSON ({len(content)} bytes)",
+                    "bad_json",
+                    status,
+                    header_request_id,
+                    retryable=True,
+                ) from None
             try:
                 return parse_completion(payload)
             except ResponseError as exc:
-                raise _Attempt("response", str(exc), exc.error_type, status,
-                               header_request_id) from None
+                raise _Attempt(
+                    "response", str(exc), exc.error_type, status, header_request_id
+                ) from None
         if 300 <= status < 400:
-            raise _Attempt("request", f"{self.host} redirected to "
-                           f"{headers.get('location', '?')!r}; redirects are not followed (they "
-                           "would carry the key elsewhere): set --api_base to the final URL",
-                           "redirect", status, header_request_id)
+            raise _Attempt(
+                "request",
+                f"{self.host} redirected to "
+                f"{headers.get('location', '?')!r}; redirects are not followed (they "
+                "would carry the key elsewhere): set --api_base to the final URL",
+                "redirect",
+                status,
+                header_request_id,
+            )
         try:
             message, code, request_id = parse_error_body(json.loads(content))
         except ValueError:
-            message, code, request_id = (content[:200].decode("utf-8", "replace").strip()
-                                         or "(empty body)"), None, None
+            message, code, request_id = (
+                (content[:200].decode("utf-8", "replace").strip() or "(empty body)"),
+                None,
+                None,
+            )
         hint = _HINTS.get(status)
         text = f"HTTP {status} from {self.host}: {message}"
         if code:
@@ -389,9 +425,15 @@ class VisionClient:
         if hint and not is_retryable_status(status):
             text += f" ({hint})"
         error_type = _ERROR_TYPES.get(status) or ("server_error" if status >= 500 else "http_error")
-        raise _Attempt("request", text, error_type, status, request_id or header_request_id,
-                       retryable=is_retryable_status(status),
-                       retry_after=parse_retry_after(headers))
+        raise _Attempt(
+            "request",
+            text,
+            error_type,
+            status,
+            request_id or header_request_id,
+            retryable=is_retryable_status(status),
+            retry_after=parse_retry_after(headers),
+        )
 
     def _redact(self, text: str | None) -> str | None:
         if text is None:

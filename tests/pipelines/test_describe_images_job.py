@@ -1,0 +1,318 @@
+"""The whole job, as a user runs it: flags in, Parquet out, against the offline endpoint, a
+remote-style endpoint with faults, a rate budget, several worker processes, and gs://."""
+
+import glob
+import hashlib
+import logging
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import describe_images as job
+from schemas import rows as schema
+from tests.support import images as timg
+from tests.support.fake_api import FaultPlan, RecordingApi
+
+KEY = "sk-test-NEVER-PRINT-7f3a9c"
+
+
+def read_output(folder, name):
+    files = sorted(glob.glob(os.path.join(folder, f"{name}-*.parquet")))
+    assert files, f"no {name}-*.parquet in {folder}"
+    return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+def write_input(tmp_path, n, bad=(), start=0):
+    """n distinct PNGs plus ``bad`` (id, reference) rows, in one Parquet file."""
+    ids, uris, digests = [], [], {}
+    for i in range(start, start + n):
+        data = timg.png(seed=i, size=(40 + i % 13, 30 + i % 11))
+        path = tmp_path / "img" / f"{i:05d}.png"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        ids.append(f"row-{i}")
+        uris.append(str(path))
+        digests[f"row-{i}"] = hashlib.sha256(data).hexdigest()
+    for image_id, uri in bad:
+        ids.append(image_id)
+        uris.append(uri)
+    source = tmp_path / "input.parquet"
+    pq.write_table(pa.table({"image_id": ids, "image_uri": uris}), source)
+    return str(source), digests
+
+
+def test_examples_offline_as_in_the_readme(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    job.run(["--input", "examples/images.parquet", "--output", out, "--api_base", "local"])
+    descriptions = read_output(out, "descriptions")
+    failures = read_output(out, "failures")
+    assert descriptions.schema.equals(schema.DESCRIPTIONS_SCHEMA)
+    assert failures.schema.equals(schema.FAILURES_SCHEMA)
+    rows = {r["image_id"]: r for r in descriptions.to_pylist()}
+    assert set(rows) == {"astronaut", "coffee", "chelsea", "rocket"}
+    assert "451x300" in rows["chelsea"]["description"]
+    assert rows["rocket"]["image_mime"] == "image/jpeg"
+    assert all(
+        r["model"] == "local-image-analyzer" and r["total_tokens"] > 0 for r in rows.values()
+    )
+    assert {(r["image_id"], r["stage"]) for r in failures.to_pylist()} == {
+        ("missing-file", "read"),
+        ("not-an-image", "decode"),
+    }
+    summary = capsys.readouterr().out
+    assert "described   4" in summary and "failed      2" in summary and "images/s" in summary
+
+
+def test_missing_key_stops_before_the_graph_is_built(tmp_path, monkeypatch):
+    monkeypatch.delenv("AIMLAPI_API_KEY", raising=False)
+    with pytest.raises(SystemExit) as info:
+        job.run(["--input", "examples/images.parquet", "--output", str(tmp_path)])
+    message = str(info.value)
+    assert "AIMLAPI_API_KEY" in message and "--api_base local" in message
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--output", "x"], "--input is required"),
+        (["--input", "examples/images.parquet"], "--output is required"),
+        (["--input", "examples/nothing-*.parquet", "--output", "x"], "matches no file"),
+        (["--input", "examples/rocket.jpg", "--output", "x"], "not readable Parquet"),
+        (
+            ["--input", "examples/images.parquet", "--output", "x", "--image_column", "url"],
+            "'url' is not in the input",
+        ),
+        (
+            ["--input", "examples/images.parquet", "--output", "x", "--id_column", "sku"],
+            "'sku' is not in the input",
+        ),
+    ],
+)
+def test_bad_flags_say_what_to_fix(argv, words):
+    with pytest.raises(SystemExit) as info:
+        job.run(argv + ["--api_base", "local"])
+    assert words in str(info.value)
+
+
+def test_no_id_column_makes_the_reference_the_id(tmp_path):
+    path = tmp_path / "refs.parquet"
+    pq.write_table(pa.table({"url": ["examples/coffee.png", None]}), path)
+    out = str(tmp_path / "out")
+    job.run(["--input", str(path), "--output", out, "--api_base", "local", "--image_column", "url"])
+    assert read_output(out, "descriptions").column("image_id").to_pylist() == [
+        "examples/coffee.png"
+    ]
+    failure = read_output(out, "failures").to_pylist()[0]
+    assert failure["image_id"] is None and failure["error_type"] == "empty_reference"
+
+
+def _key_nowhere(tmp_path, out, caplog, capsys):
+    captured = capsys.readouterr()
+    assert KEY not in captured.out + captured.err
+    assert KEY not in caplog.text
+    for path in glob.glob(os.path.join(out, "*")):
+        with open(path, "rb") as f:
+            assert KEY.encode() not in f.read()
+
+
+@pytest.mark.slow
+def test_remote_endpoint_under_faults_every_row_exactly_once(tmp_path, monkeypatch, caplog, capsys):
+    """~25 % of attempts fail in every way; --max_retries 6 must describe >= 97 % of the good
+    images, never lose or duplicate a row, and never retry before Retry-After."""
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("VE_KEY", KEY)
+    bad = [
+        ("null-ref", None),
+        ("missing", str(tmp_path / "nope.png")),
+        ("dup", "examples/coffee.png"),
+        ("dup", "examples/coffee.png"),
+    ]
+    source, digests = write_input(tmp_path, 240, bad)
+    plan = FaultPlan(rate=0.25, retry_after=0.4, slow_delay=1.5, seed=11)
+    out = str(tmp_path / "out")
+    with RecordingApi(plan=plan) as api:
+        job.run(
+            [
+                "--input",
+                source,
+                "--output",
+                out,
+                "--api_base",
+                api.base_url,
+                "--api_key_env",
+                "VE_KEY",
+                "--max_retries",
+                "6",
+                "--max_concurrency",
+                "16",
+                "--request_timeout",
+                "1",
+                "--retry_backoff",
+                "0.05",
+            ]
+        )
+    descriptions = read_output(out, "descriptions").to_pylist()
+    failures = read_output(out, "failures").to_pylist()
+    # exactly once: 244 input rows, each in one output
+    ids = [r["image_id"] for r in descriptions] + [r["image_id"] for r in failures]
+    assert len(ids) == 244
+    assert sorted(ids) == sorted(list(digests) + ["null-ref", "missing", "dup", "dup"])
+    good = [r for r in descriptions if r["image_id"] in digests]
+    assert len(good) >= 0.97 * len(digests)
+    for row in good:
+        assert row["description"] == "sha256:" + digests[row["image_id"]]
+    assert sum(plan.injected.values()) >= 50 and len(plan.injected) == len(
+        plan.kinds
+    )  # every fault kind was exercised
+    assert api.schema_errors == [] and api.auth_headers == {f"Bearer {KEY}"}
+    # Retry-After honoured: the attempt after a 429 that asked for 0.4 s came >= 0.4 s later
+    waits = 0
+    for attempts in api.attempts.values():
+        for (t0, kind), (t1, _) in zip(attempts, attempts[1:]):
+            if kind in ("429_retry_after", "429_ms", "429_retry_after_date"):
+                assert t1 - t0 >= 0.4, (kind, t1 - t0)
+                waits += 1
+    assert waits > 5
+    assert max(r["attempts"] for r in descriptions) > 1
+    _key_nowhere(tmp_path, out, caplog, capsys)
+
+
+@pytest.mark.slow
+def test_request_budget_is_held_without_429s(tmp_path, monkeypatch):
+    """--requests_per_minute 240 against an endpoint that allows 300/min (5/s): no 429s, and the
+    endpoint never sees more than the budget."""
+    monkeypatch.setenv("VE_KEY", KEY)
+    source, digests = write_input(tmp_path, 36)
+    out = str(tmp_path / "out")
+    with RecordingApi(rate_limit_per_s=5) as api:
+        job.run(
+            [
+                "--input",
+                source,
+                "--output",
+                out,
+                "--api_base",
+                api.base_url,
+                "--api_key_env",
+                "VE_KEY",
+                "--requests_per_minute",
+                "240",
+                "--max_concurrency",
+                "16",
+            ]
+        )
+    assert api.rate_limited == 0
+    assert read_output(out, "descriptions").num_rows == 36
+    span = api.arrivals[-1] - api.arrivals[0]
+    rate_per_min = (len(api.arrivals) - 1) / span * 60
+    assert rate_per_min <= 240 * 1.05
+
+
+@pytest.mark.slow
+def test_two_worker_processes_one_session_each(tmp_path, monkeypatch):
+    monkeypatch.setenv("VE_KEY", KEY)
+    source, digests = write_input(tmp_path, 120)
+    out = str(tmp_path / "out")
+    with RecordingApi(latency=0.02) as api:
+        result = job.run(
+            [
+                "--input",
+                source,
+                "--output",
+                out,
+                "--api_base",
+                api.base_url,
+                "--api_key_env",
+                "VE_KEY",
+                "--max_concurrency",
+                "4",
+                "--runner",
+                "DirectRunner",
+                "--direct_num_workers",
+                "2",
+                "--direct_running_mode",
+                "multi_processing",
+            ]
+        )
+    rows = read_output(out, "descriptions").to_pylist()
+    assert sorted(r["image_id"] for r in rows) == sorted(digests)
+    assert all(r["description"] == "sha256:" + digests[r["image_id"]] for r in rows)
+    sessions = sum(
+        c.committed
+        for c in result.metrics().query()["counters"]
+        if c.key.metric.name == "sessions_created"
+    )
+    assert 1 <= sessions <= 2
+    # a handful of keep-alive connections per session, not one per request
+    assert api.endpoint.requests == 120
+    assert api.endpoint.connections <= sessions * 4
+    assert api.endpoint.max_in_flight <= sessions * 4
+
+
+@pytest.mark.emulator
+def test_gcs_input_and_images(tmp_path, fake_gcs):
+    client = fake_gcs.client()
+    bucket = client.create_bucket("ve-job")
+    digests = {}
+    for i in range(5):
+        data = timg.jpeg(seed=i)
+        bucket.blob(f"photos/{i}.jpg").upload_from_string(data)
+        digests[f"p{i}"] = hashlib.sha256(data).hexdigest()
+    table = pa.table(
+        {
+            "image_id": list(digests) + ["absent"],
+            "image_uri": [f"gs://ve-job/photos/{i}.jpg" for i in range(5)]
+            + ["gs://ve-job/photos/absent.jpg"],
+        }
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    bucket.blob("refs/part-0.parquet").upload_from_string(sink.getvalue().to_pybytes())
+    out = str(tmp_path / "out")
+    job.run(
+        [
+            "--input",
+            "gs://ve-job/refs/*.parquet",
+            "--output",
+            out,
+            "--api_base",
+            "local",
+            "--no_auth",
+        ]
+    )
+    rows = read_output(out, "descriptions").to_pylist()
+    assert {r["image_id"]: r["image_sha256"] for r in rows} == digests
+    failures = read_output(out, "failures").to_pylist()
+    assert [(f["image_id"], f["error_type"], f["http_status"]) for f in failures] == [
+        ("absent", "not_found", 404)
+    ]
+
+
+def test_help_lists_every_flag_with_its_default(capsys):
+    with pytest.raises(SystemExit) as info:
+        job.run(["--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in [
+        "--input",
+        "--output",
+        "--image_column",
+        "--id_column",
+        "--model",
+        "--prompt",
+        "--system_prompt",
+        "--max_tokens",
+        "--detail",
+        "--api_base",
+        "--api_key_env",
+        "--max_concurrency",
+        "--request_timeout",
+        "--max_retries",
+        "--requests_per_minute",
+        "--max_image_side",
+    ]:
+        assert flag in text
+    assert text.count("Default:") >= 18
