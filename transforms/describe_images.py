@@ -122,7 +122,7 @@ class _Worker:
                 )
             if snapshot != last:
                 _LOGGER.info(
-                    "progress: %d done (%d described, %d failed), %d in flight, "
+                    "progress: %d done (%d described, %d failed), %d pending, "
                     "%d requests, %d retries, %d rate-limited, %.1f images/s",
                     *line,
                 )
@@ -316,6 +316,9 @@ class DescribeImagesFn(beam.DoFn):
         self._throttle_carry = 0.0
 
     def start_bundle(self):
+        # A bundle that failed may leave futures behind; the runner retries that bundle from
+        # its start, so emitting them here would duplicate rows. Drop them.
+        self._pending = {}
         if self._new_session:  # counted here: metrics need a bundle to land in
             self._sessions.inc()
             self._new_session = False
