@@ -142,6 +142,32 @@ class DescribeImagesOptions(PipelineOptions):
             "Dataflow); 0 = none. Default: 0.",
         )
         add(
+            "--tokens_per_minute",
+            type=float,
+            default=0,
+            help="Token budget for the whole job, split like --requests_per_minute. Each "
+            "request pays its estimate (image tiles + prompt + --max_tokens) before it is sent "
+            "and is settled from the response's usage block; 0 = none. Default: 0.",
+        )
+        add(
+            "--budget_split",
+            type=int,
+            default=0,
+            help="Number of worker processes the job-wide budgets are divided among; 0 derives "
+            "it from --direct_num_workers (local multi-process runs) or --max_num_workers / "
+            "--num_workers (Dataflow). On Dataflow each worker VM runs one SDK process per vCPU "
+            "unless --experiments=no_use_multiple_sdk_containers: then set this to workers x "
+            "vCPUs. Default: 0.",
+        )
+        add(
+            "--stop_after_account_errors",
+            type=int,
+            default=3,
+            help="After this many 401/402/403 answers a worker stops sending and writes its "
+            "remaining rows to failures as 'not sent' (a bad key or an exhausted quota would "
+            "only fail every row one by one). Default: 3.",
+        )
+        add(
             "--max_image_side",
             type=int,
             default=2048,
@@ -175,6 +201,9 @@ class OptionsError(ValueError):
 
 
 def _worker_processes(options: PipelineOptions) -> int:
+    split = options.view_as(DescribeImagesOptions).budget_split
+    if split and split > 0:
+        return split
     runner = (options.view_as(StandardOptions).runner or "").lower()
     if "dataflow" in runner:
         worker = options.view_as(WorkerOptions)
@@ -195,10 +224,10 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
     for flag in ("max_concurrency", "max_tokens", "max_image_side", "max_image_pixels"):
         if getattr(opts, flag) < 1:
             raise OptionsError(f"--{flag} must be at least 1")
-    if opts.max_retries < 0 or opts.request_timeout <= 0 or opts.requests_per_minute < 0:
-        raise OptionsError(
-            "--max_retries and --requests_per_minute must be >= 0 and --request_timeout > 0"
-        )
+    if min(opts.max_retries, opts.requests_per_minute, opts.tokens_per_minute) < 0:
+        raise OptionsError("--max_retries and the per-minute budgets must be >= 0")
+    if opts.request_timeout <= 0 or opts.stop_after_account_errors < 1:
+        raise OptionsError("--request_timeout must be > 0, --stop_after_account_errors >= 1")
     if opts.api_base != LOCAL:
         if not opts.api_base.startswith(("http://", "https://")):
             raise OptionsError(f"--api_base {opts.api_base!r} must be an http(s) URL or 'local'")
@@ -247,6 +276,8 @@ def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfi
         max_concurrency=opts.max_concurrency,
         request_timeout=opts.request_timeout,
         requests_per_minute=worker_share(opts.requests_per_minute, _worker_processes(options)),
+        tokens_per_minute=worker_share(opts.tokens_per_minute, _worker_processes(options)),
+        stop_after_account_errors=opts.stop_after_account_errors,
         batch_size=opts.batch_size,
     )
 
@@ -293,9 +324,17 @@ def format_summary(totals: dict[str, float], output: str) -> str:
         f"  tokens      {int(totals.get('prompt_tokens', 0))} prompt + "
         f"{int(totals.get('completion_tokens', 0))} completion",
         f"  elapsed     {elapsed:.1f} s",
+        f"  throttled   {int(totals.get('cumulativeThrottlingSeconds', 0))} s waiting on the "
+        "rate budget or the provider's 429s",
         f"  throughput  {(described + failed) / max(elapsed, 1e-9):.2f} images/s",
         f"  output      {output}/descriptions-*.parquet, {output}/failures-*.parquet",
     ]
+    not_sent = int(totals.get("rows_not_sent", 0))
+    if not_sent:
+        lines.append(
+            f"  STOPPED     {not_sent} rows were not sent: the API refused the account "
+            "(401/402/403); see failures-*.parquet for the reason, fix it, rerun the failures"
+        )
     return "\n".join(lines)
 
 

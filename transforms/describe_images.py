@@ -24,8 +24,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.core import images, vision_api
-from transforms.core.ratelimit import RateLimiter
+from transforms.core import images, tokens, vision_api
+from transforms.core.ratelimit import AdaptiveConcurrency, RateLimiter, ThrottleGate
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -46,8 +46,15 @@ class DescribeConfig:
     max_concurrency: int = 8
     request_timeout: float = 60.0
     requests_per_minute: float = 0.0  # this worker process's share of the job's budget
+    tokens_per_minute: float = 0.0  # likewise, for tokens
     batch_size: int = 0  # rows per batch; 0: 4 x max_concurrency
+    stop_after_account_errors: int = 3  # 401/402/403 answers before a worker stops sending
     progress_interval: float = 10.0
+
+
+# Answers that mean the account cannot go on (bad key, no credit, quota exhausted): sending the
+# rest of a million rows would only fail them one by one.
+ACCOUNT_STATUSES = frozenset({401, 402, 403})
 
 
 def _now() -> dt.datetime:
@@ -74,14 +81,16 @@ class _Worker:
         # can never travel to an image host.
         self.session = vision_api.new_session(key, cfg.max_concurrency)
         self.image_session = vision_api.new_session(None, cfg.max_concurrency)
-        limiter = RateLimiter(cfg.requests_per_minute) if cfg.requests_per_minute > 0 else None
+        self.slots = AdaptiveConcurrency(cfg.max_concurrency)
         self.client = vision_api.VisionClient(
             self.session,
             cfg.api_base,
             timeout=cfg.request_timeout,
             retry=cfg.retry,
-            slots=threading.BoundedSemaphore(cfg.max_concurrency),
-            limiter=limiter,
+            slots=self.slots,
+            gate=ThrottleGate(),
+            limiter=RateLimiter(cfg.requests_per_minute) if cfg.requests_per_minute else None,
+            token_budget=RateLimiter(cfg.tokens_per_minute) if cfg.tokens_per_minute else None,
             secrets=(key,) if key else (),
         )
         self.loader = images.ImageLoader(cfg.image, http_session=self.image_session)
@@ -91,6 +100,9 @@ class _Worker:
             max_workers=cfg.max_concurrency + 2, thread_name_prefix="vision-enrich"
         )
         self.tally = _Tally()
+        self._breaker_lock = threading.Lock()
+        self._account_errors = 0
+        self.stopped: str | None = None  # why this worker stopped sending, once it has
         self._stop = threading.Event()
         self._progress = threading.Thread(
             target=self._report, name="vision-enrich-progress", daemon=True
@@ -118,102 +130,105 @@ class _Worker:
                     t.requests,
                     t.retries,
                     t.rate_limited,
+                    self.slots.limit,
                     done / max(1e-9, time.monotonic() - t.started),
                 )
             if snapshot != last:
                 _LOGGER.info(
-                    "progress: %d done (%d described, %d failed), %d pending, "
-                    "%d requests, %d retries, %d rate-limited, %.1f images/s",
+                    "progress: %d done (%d described, %d failed), %d pending, %d requests, "
+                    "%d retries, %d rate-limited, concurrency %d, %.1f images/s",
                     *line,
                 )
                 last = snapshot
 
+    def _note_account_error(self, result: vision_api.CallResult) -> None:
+        with self._breaker_lock:
+            self._account_errors += 1
+            if self.stopped or self._account_errors < self.cfg.stop_after_account_errors:
+                return
+            self.stopped = (
+                f"not sent: the API refused this account {self._account_errors} times "
+                f"(last: {result.error}); fix the key or quota, then rerun these failures"
+            )
+        _LOGGER.error("stopped sending requests: %s", self.stopped)
+
     # -- one row, on an executor thread ----------------------------------------------------
     def describe(self, ref: dict[str, Any]) -> tuple[str, dict[str, Any], vision_api.CallResult]:
         cfg = self.cfg
-        image_id, uri = ref.get("image_id"), ref.get("image_uri")
         result = vision_api.CallResult()
+
+        def fail(stage, error, error_type, status=None, request_id=None):
+            row = failure_row(
+                ref, stage, error, error_type, status, request_id, result.attempts, cfg
+            )
+            return FAILURES, row, result
+
+        if self.stopped:
+            return fail("request", self.stopped, "account_stopped")
         try:
-            prepared = self.loader.prepare(uri)
+            prepared = self.loader.prepare(ref.get("image_uri"))
         except images.ImageError as exc:
-            return (
-                FAILURES,
-                failure_row(
-                    ref, exc.stage, exc.message, exc.error_type, exc.http_status, None, 0, cfg
-                ),
-                result,
-            )
+            return fail(exc.stage, exc.message, exc.error_type, exc.http_status)
         except Exception as exc:  # a bug or an exotic file must not take the batch down
-            _LOGGER.exception("unexpected error preparing %s", image_id)
-            return (
-                FAILURES,
-                failure_row(
-                    ref,
-                    "decode",
-                    f"unexpected {type(exc).__name__}: {exc}",
-                    "internal",
-                    None,
-                    None,
-                    0,
-                    cfg,
-                ),
-                result,
+            _LOGGER.exception("unexpected error preparing %s", ref.get("image_id"))
+            return fail("decode", f"unexpected {type(exc).__name__}: {exc}", "internal")
+        chat = cfg.chat
+        estimate = 0
+        if cfg.tokens_per_minute:
+            estimate = tokens.estimate_request_tokens(
+                prepared.width,
+                prepared.height,
+                cfg.image.max_side,
+                chat.detail,
+                chat.prompt,
+                chat.system_prompt,
+                chat.max_tokens,
             )
         try:
-            body = vision_api.build_request(prepared.url, cfg.chat)
-            result = self.client.complete(body)
+            result = self.client.complete(vision_api.build_request(prepared.url, chat), estimate)
         except Exception as exc:
-            _LOGGER.exception("unexpected error requesting %s", image_id)
-            return (
-                FAILURES,
-                failure_row(
-                    ref,
-                    "request",
-                    f"unexpected {type(exc).__name__}: {exc}",
-                    "internal",
-                    None,
-                    None,
-                    result.attempts,
-                    cfg,
-                ),
-                result,
-            )
+            _LOGGER.exception("unexpected error requesting %s", ref.get("image_id"))
+            return fail("request", f"unexpected {type(exc).__name__}: {exc}", "internal")
         if not result.ok:
-            return (
-                FAILURES,
-                failure_row(
-                    ref,
-                    result.stage or "request",
-                    result.error or "",
-                    result.error_type,
-                    result.http_status,
-                    result.request_id,
-                    result.attempts,
-                    cfg,
-                ),
-                result,
+            if result.http_status in ACCOUNT_STATUSES:
+                self._note_account_error(result)
+            return fail(
+                result.stage or "request",
+                result.error or "",
+                result.error_type,
+                result.http_status,
+                result.request_id,
             )
-        c = result.completion
-        row = {
-            "image_id": str(image_id if image_id is not None else uri),
-            "image_uri": str(uri),
-            "description": c.content,
-            "model": c.model or cfg.chat.model,
-            "requested_model": cfg.chat.model,
-            "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens,
-            "total_tokens": c.total_tokens,
-            "finish_reason": c.finish_reason,
-            "response_id": c.response_id,
-            "latency_ms": float(result.latency_ms),
-            "attempts": result.attempts,
-            "image_sha256": prepared.sha256,
-            "image_mime": prepared.mime,
-            "image_width": prepared.width,
-            "image_height": prepared.height,
-            "processed_at": _now(),
-        }
-        return DESCRIPTIONS, row, result
+        return DESCRIPTIONS, description_row(ref, prepared, result, cfg), result
+
+
+def description_row(
+    ref: dict[str, Any],
+    prepared: images.PreparedImage,
+    result: vision_api.CallResult,
+    cfg: DescribeConfig,
+) -> dict[str, Any]:
+    c = result.completion
+    image_id, uri = ref.get("image_id"), ref.get("image_uri")
+    return {
+        "image_id": str(image_id if image_id is not None else uri),
+        "image_uri": str(uri),
+        "description": c.content,
+        "model": c.model or cfg.chat.model,
+        "requested_model": cfg.chat.model,
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+        "total_tokens": c.total_tokens,
+        "finish_reason": c.finish_reason,
+        "response_id": c.response_id,
+        "latency_ms": float(result.latency_ms),
+        "attempts": result.attempts,
+        "image_sha256": prepared.sha256,
+        "image_mime": prepared.mime,
+        "image_width": prepared.width,
+        "image_height": prepared.height,
+        "processed_at": _now(),
+    }
 
 
 def failure_row(
@@ -303,6 +318,7 @@ class DescribeImagesFn(beam.DoFn):
         self._throttled = Metrics.counter(ns, "cumulativeThrottlingSeconds")
         self._latency = Metrics.distribution(ns, "request_latency_ms")
         self._sessions = Metrics.counter(ns, "sessions_created")
+        self._not_sent = Metrics.counter(ns, "rows_not_sent")
 
     @property
     def _keep(self) -> int:
@@ -386,6 +402,8 @@ class DescribeImagesFn(beam.DoFn):
             self._completion_tokens.inc(row["completion_tokens"] or 0)
             return WindowedValue(row, timestamp, (window,))
         self._failed.inc()
+        if row["error_type"] == "account_stopped":
+            self._not_sent.inc()
         return beam.pvalue.TaggedOutput(FAILURES, WindowedValue(row, timestamp, (window,)))
 
 

@@ -9,6 +9,7 @@ import requests
 
 from tests.support import images as timg
 from transforms.core import image_analyzer
+from transforms.core import tokens as token_math
 from transforms.core.local_endpoint import ChatEndpoint
 
 
@@ -136,4 +137,4 @@ def test_bad_requests_get_openai_error_bodies(endpoint, body, status):
     ],
 )
 def test_openai_tile_formula(size, detail, tokens):
-    assert image_analyzer.openai_image_tokens(*size, detail) == tokens
+    assert token_math.openai_image_tokens(*size, detail) == tokens

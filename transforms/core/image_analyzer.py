@@ -8,7 +8,6 @@ camera when present. The same bytes always give the same text. No Beam import.
 from __future__ import annotations
 
 import io
-import math
 
 from PIL import Image, ImageFilter, ImageStat
 
@@ -128,20 +127,3 @@ def describe(data: bytes) -> str:
     if f["camera"]:
         text += f" Camera: {f['camera']}."
     return text
-
-
-def openai_image_tokens(width: int, height: int, detail: str = "auto") -> int:
-    """Image tokens by OpenAI's published tile formula for gpt-4o-class models."""
-    if detail == "low":
-        return 85
-    scale = min(1.0, 2048 / max(width, height))
-    w, h = width * scale, height * scale
-    scale = min(1.0, 768 / min(w, h))
-    w, h = w * scale, h * scale
-    tiles = math.ceil(w / 512) * math.ceil(h / 512)
-    return 85 + 170 * tiles
-
-
-def text_tokens(text: str) -> int:
-    """A rough token count (about four characters a token), enough for an offline stand-in."""
-    return max(1, math.ceil(len(text) / 4)) if text else 0

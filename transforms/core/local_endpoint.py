@@ -34,7 +34,7 @@ from typing import Any
 
 import requests
 
-from transforms.core import image_analyzer
+from transforms.core import image_analyzer, tokens
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def analyser_answer(body: dict) -> dict:
             facts = image_analyzer.analyse(data)
         except Exception as exc:
             raise BadRequest(f"the image could not be decoded: {exc}") from None
-        image_tokens += image_analyzer.openai_image_tokens(facts["width"], facts["height"], detail)
+        image_tokens += tokens.openai_image_tokens(facts["width"], facts["height"], detail)
     content = " ".join(texts)
     return completion(body, content, image_analyzer.MODEL_ID, image_tokens)
 
@@ -134,10 +134,10 @@ def completion(body: dict, content: str, model: str, image_tokens: int = 0) -> d
     """A well-formed chat.completion, truncated to ``max_tokens`` like a real model would."""
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
     finish = "stop"
-    if isinstance(max_tokens, int) and image_analyzer.text_tokens(content) > max_tokens:
+    if isinstance(max_tokens, int) and tokens.text_tokens(content) > max_tokens:
         content, finish = content[: max(1, max_tokens * 4)], "length"
-    prompt_tokens = image_tokens + image_analyzer.text_tokens(prompt_text(body)) + 7
-    completion_tokens = image_analyzer.text_tokens(content)
+    prompt_tokens = image_tokens + tokens.text_tokens(prompt_text(body)) + 7
+    completion_tokens = tokens.text_tokens(content)
     digest = hashlib.sha256(content.encode()).hexdigest()[:24]
     return {
         "id": f"chatcmpl-{digest}",

@@ -28,7 +28,6 @@ import email.utils
 import json
 import logging
 import random
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -36,7 +35,7 @@ from typing import Any
 
 import requests
 
-from transforms.core.ratelimit import RateLimiter
+from transforms.core.ratelimit import AdaptiveConcurrency, RateLimiter, ThrottleGate
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -276,7 +275,13 @@ class _Attempt(Exception):
 
 
 class VisionClient:
-    """Sends chat completion requests on one shared ``requests.Session``. Thread-safe."""
+    """Sends chat completion requests on one shared ``requests.Session``. Thread-safe.
+
+    Flow control, all optional and shared by the threads of a process: ``slots`` bounds the
+    requests in flight (and shrinks on 429s), ``gate`` makes every thread honour a Retry-After,
+    ``limiter`` spaces requests to a per-minute budget and ``token_budget`` does the same for
+    tokens (paid up front from an estimate, settled from the response's usage block).
+    """
 
     def __init__(
         self,
@@ -285,8 +290,10 @@ class VisionClient:
         *,
         timeout: float = 60.0,
         retry: RetryPolicy = RetryPolicy(),
-        slots: threading.Semaphore | None = None,
+        slots: AdaptiveConcurrency | None = None,
+        gate: ThrottleGate | None = None,
         limiter: RateLimiter | None = None,
+        token_budget: RateLimiter | None = None,
         secrets: tuple[str, ...] = (),
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -297,7 +304,9 @@ class VisionClient:
         self.timeout = timeout
         self.retry = retry
         self.slots = slots
+        self.gate = gate
         self.limiter = limiter
+        self.token_budget = token_budget
         self._secrets = tuple(s for s in secrets if s)
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -313,18 +322,17 @@ class VisionClient:
             delay = honoured + self._rng.uniform(0.0, min(1.0, 0.1 * honoured + 0.05))
         return delay
 
-    def complete(self, body: dict[str, Any]) -> CallResult:
+    def complete(self, body: dict[str, Any], estimated_tokens: int = 0) -> CallResult:
         result = CallResult()
         data = json.dumps(body, separators=(",", ":")).encode()
+        if self.token_budget is not None and estimated_tokens > 0:
+            result.throttled_seconds += self.token_budget.acquire(estimated_tokens)
         while True:
             if self.limiter is not None:
                 result.throttled_seconds += self.limiter.acquire()
             result.attempts += 1
             try:
                 result.completion = self._attempt(data, result)
-                result.stage = result.error = result.error_type = None
-                result.http_status = 200
-                return result
             except _Attempt as failed:
                 result.stage, result.error = failed.stage, self._redact(failed.error)
                 result.error_type, result.http_status = failed.error_type, failed.status
@@ -342,12 +350,27 @@ class VisionClient:
                 wait = self.backoff(result.retries, failed.retry_after)
                 if failed.status == 429:
                     result.throttled_seconds += wait
+                    if failed.retry_after is not None and self.gate is not None:
+                        # the provider limits the account: every thread holds off, not just us
+                        self.gate.hold(min(failed.retry_after, self.retry.max_retry_after))
                 _LOGGER.debug("retry %d in %.2fs after %s", result.retries, wait, failed.error_type)
                 self._sleep(wait)
+                continue
+            result.stage = result.error = result.error_type = None
+            result.http_status = 200
+            used = result.completion.total_tokens
+            if self.token_budget is not None and estimated_tokens > 0 and used is not None:
+                self.token_budget.adjust(used - estimated_tokens)
+            return result
 
     def _attempt(self, data: bytes, result: CallResult) -> Completion:
         if self.slots is not None:
-            self.slots.acquire()
+            result.throttled_seconds += self.slots.acquire()
+        if self.gate is not None:
+            # checked with the slot in hand, right before sending: a thread that queued for a
+            # slot before another thread's 429 arrived must still honour its Retry-After
+            result.throttled_seconds += self.gate.wait()
+        status = None
         start = time.perf_counter()
         try:
             try:
@@ -359,6 +382,7 @@ class VisionClient:
                     allow_redirects=False,
                 )
                 content = response.content
+                status = response.status_code
             except requests.Timeout:
                 raise _Attempt(
                     "request",
@@ -376,8 +400,8 @@ class VisionClient:
         finally:
             result.latency_ms = (time.perf_counter() - start) * 1000.0
             if self.slots is not None:
-                self.slots.release()
-        return self._interpret(response.status_code, response.headers, content)
+                self.slots.release(throttled=status == 429, succeeded=status == 200)
+        return self._interpret(status, response.headers, content)
 
     def _interpret(self, status: int, headers: Mapping[str, str], content: bytes) -> Completion:
         header_request_id = headers.get("x-request-id")
