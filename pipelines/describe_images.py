@@ -29,7 +29,7 @@ from apache_beam.options.pipeline_options import (
 
 from schemas import rows as schema
 from transforms import describe_images as di
-from transforms.core import images, vision_api
+from transforms.core import images, netguard, vision_api
 from transforms.core.local_endpoint import ChatEndpoint
 from transforms.core.ratelimit import worker_share
 from transforms.read_image_refs import ReadImageRefs, parquet_columns
@@ -189,6 +189,14 @@ class DescribeImagesOptions(PipelineOptions):
             "Default: off.",
         )
         add(
+            "--allow_image_networks",
+            type=str,
+            default="",
+            help="Comma-separated networks (CIDR) that --inline_http_images may fetch from even "
+            "though they are private, loopback or link-local, e.g. 10.20.0.0/16. Everything "
+            "not globally routable is refused otherwise. Default: none.",
+        )
+        add(
             "--batch_size",
             type=int,
             default=0,
@@ -228,6 +236,10 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
         raise OptionsError("--max_retries and the per-minute budgets must be >= 0")
     if opts.request_timeout <= 0 or opts.stop_after_account_errors < 1:
         raise OptionsError("--request_timeout must be > 0, --stop_after_account_errors >= 1")
+    try:
+        netguard.parse_networks(opts.allow_image_networks)
+    except ValueError as exc:
+        raise OptionsError(f"--allow_image_networks: {exc}") from None
     if opts.api_base != LOCAL:
         if not opts.api_base.startswith(("http://", "https://")):
             raise OptionsError(f"--api_base {opts.api_base!r} must be an http(s) URL or 'local'")
@@ -271,6 +283,9 @@ def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfi
             max_side=opts.max_image_side,
             max_pixels=opts.max_image_pixels,
             inline_http=opts.inline_http_images,
+            allowed_networks=tuple(
+                str(n) for n in netguard.parse_networks(opts.allow_image_networks)
+            ),
         ),
         retry=vision_api.RetryPolicy(max_retries=opts.max_retries, backoff_base=opts.retry_backoff),
         max_concurrency=opts.max_concurrency,

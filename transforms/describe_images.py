@@ -24,7 +24,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.core import images, tokens, vision_api
+from transforms.core import images, netguard, tokens, vision_api
 from transforms.core.ratelimit import AdaptiveConcurrency, RateLimiter, ThrottleGate
 
 _LOGGER = logging.getLogger(__name__)
@@ -77,10 +77,12 @@ class _Worker:
     def __init__(self, cfg: DescribeConfig):
         self.cfg = cfg
         key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-        # The API session carries the key; images are fetched on a separate session so the key
-        # can never travel to an image host.
+        # The API session carries the key; images are fetched on the loader's own guarded
+        # session, so the key can never travel to an image host.
         self.session = vision_api.new_session(key, cfg.max_concurrency)
-        self.image_session = vision_api.new_session(None, cfg.max_concurrency)
+        self.image_session = netguard.guarded_session(
+            netguard.parse_networks(cfg.image.allowed_networks), cfg.max_concurrency
+        )
         self.slots = AdaptiveConcurrency(cfg.max_concurrency)
         self.client = vision_api.VisionClient(
             self.session,

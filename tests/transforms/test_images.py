@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.support import images as timg
+from transforms.core import netguard
 from transforms.core.images import ImageError, ImageLoader, ImageOptions
 from transforms.core.local_endpoint import ChatEndpoint
 
@@ -126,18 +127,23 @@ def test_http_url_passes_through_by_url(loader):
     assert p.url == "https://images.example.com/cat.jpg" and p.sha256 is None
 
 
-def _image_server(files):
-    """Serve ``files`` (path -> (status, bytes)) from the loopback endpoint's GET route."""
+def _image_server(files, host="127.0.0.1", seen_headers=None):
+    """Serve ``files`` (path -> (status, body[, headers])) over HTTP on a loopback address."""
     import http.server
     import threading
 
     class H(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            status, body = files.get(self.path, (404, b"nope"))
+            server.hits += 1
+            if seen_headers is not None:
+                seen_headers.append(dict(self.headers))
+            status, body, *extra = files.get(self.path, (404, b"nope"))
             if status == "hang":
                 time.sleep(3)
                 status, body = 200, b""
             self.send_response(status)
+            for name, value in (extra[0] if extra else {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -145,9 +151,10 @@ def _image_server(files):
         def log_message(self, *a):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    server = http.server.ThreadingHTTPServer((host, 0), H)
+    server.hits = 0
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
+    return server, f"http://{host}:{server.server_address[1]}"
 
 
 def test_http_inline_fetch_and_its_failures():
@@ -158,7 +165,9 @@ def test_http_inline_fetch_and_its_failures():
         "/slow.jpg": ("hang", b""),
     }
     server, base = _image_server(files)
-    loader = ImageLoader(ImageOptions(inline_http=True, http_timeout=1.0))
+    loader = ImageLoader(
+        ImageOptions(inline_http=True, http_timeout=1.0, allowed_networks=("127.0.0.1/32",))
+    )
     try:
         assert loader.prepare(base + "/ok.jpg").mime == "image/jpeg"
         cases = {
@@ -295,3 +304,88 @@ def test_local_endpoint_is_not_needed_for_loading():
     import transforms.core.images as mod
 
     assert ChatEndpoint.__module__ not in mod.__dict__.values()
+
+
+# -- SSRF: inline fetches stay off private networks ------------------------------------------------
+@pytest.mark.parametrize(
+    "ip,ok",
+    [
+        ("169.254.169.254", False),  # the GCP metadata server
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.9", False),
+        ("192.168.1.1", False),
+        ("100.64.0.1", False),
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("::1", False),
+        ("fe80::1", False),
+        ("fd00::1", False),
+        ("::ffff:169.254.169.254", False),
+        ("8.8.8.8", True),
+        ("2001:4860:4860::8888", True),
+    ],
+)
+def test_address_policy(ip, ok):
+    assert netguard.address_allowed(ip) is ok
+
+
+def test_allowed_networks_open_exactly_what_they_name():
+    allowed = netguard.parse_networks("10.20.0.0/16, 127.0.0.1")
+    assert netguard.address_allowed("10.20.5.5", allowed)
+    assert not netguard.address_allowed("10.21.0.1", allowed)
+    assert netguard.address_allowed("127.0.0.1", allowed)
+    assert not netguard.address_allowed("127.0.0.2", allowed)
+    with pytest.raises(ValueError, match="not an IP network"):
+        netguard.parse_networks("10.0.0.0/33")
+
+
+def test_loopback_fetch_is_refused_by_default():
+    server, base = _image_server({"/ok.jpg": (200, timg.jpeg())})
+    try:
+        loader = ImageLoader(ImageOptions(inline_http=True))
+        for url in (base + "/ok.jpg", base.replace("127.0.0.1", "localhost") + "/ok.jpg"):
+            with pytest.raises(ImageError) as info:
+                loader.prepare(url)
+            assert info.value.error_type == "blocked_address"
+            assert "--allow_image_networks" in info.value.message
+    finally:
+        server.shutdown()
+    assert server.hits == 0  # refused before connecting
+
+
+def test_redirects_are_rechecked():
+    """An allowed host (127.0.0.1) redirecting to one that is not (127.0.0.2) is refused."""
+    target, target_base = _image_server({"/x.jpg": (200, timg.jpeg())}, host="127.0.0.2")
+    hop, hop_base = _image_server({"/r.jpg": (302, b"", {"Location": target_base + "/x.jpg"})})
+    try:
+        loader = ImageLoader(ImageOptions(inline_http=True, allowed_networks=("127.0.0.1/32",)))
+        with pytest.raises(ImageError) as info:
+            loader.prepare(hop_base + "/r.jpg")
+        assert info.value.error_type == "blocked_address" and "127.0.0.2" in info.value.message
+        assert hop.hits == 1 and target.hits == 0
+        wide = ImageLoader(ImageOptions(inline_http=True, allowed_networks=("127.0.0.0/8",)))
+        assert wide.prepare(hop_base + "/r.jpg").mime == "image/jpeg"
+    finally:
+        hop.shutdown()
+        target.shutdown()
+
+
+def test_image_fetch_never_carries_the_api_key(monkeypatch):
+    from transforms import describe_images as di
+
+    seen = []
+    server, base = _image_server({"/ok.jpg": (200, timg.jpeg())}, seen_headers=seen)
+    monkeypatch.setenv("VE_SSRF_KEY", "sk-should-not-leak")
+    cfg = di.DescribeConfig(
+        api_base="http://127.0.0.1:9/v1",
+        api_key_env="VE_SSRF_KEY",
+        image=ImageOptions(inline_http=True, allowed_networks=("127.0.0.1/32",)),
+    )
+    worker = di.acquire_worker(cfg)
+    try:
+        assert worker.loader.prepare(base + "/ok.jpg").mime == "image/jpeg"
+    finally:
+        di.release_worker(cfg)
+        server.shutdown()
+    assert seen and all("Authorization" not in h for h in seen)

@@ -22,11 +22,14 @@ import dataclasses
 import hashlib
 import io
 import os
+import time
 import urllib.parse
 from collections.abc import Callable
 
 import requests
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from transforms.core import netguard
 
 # The APIs take JPEG, PNG, WEBP and non-animated GIF (OpenAI, Anthropic, Gemini alike).
 SENDABLE = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
@@ -68,6 +71,7 @@ class ImageOptions:
     max_read_bytes: int = MAX_READ_BYTES
     inline_http: bool = False
     http_timeout: float = 30.0
+    allowed_networks: tuple[str, ...] = ()  # private networks inline fetches may reach
     jpeg_quality: int = 90
 
 
@@ -89,7 +93,7 @@ class ImageLoader:
     def __init__(
         self,
         options: ImageOptions = ImageOptions(),
-        http_session: requests.Session | None = None,
+        http_session: requests.Session | None = None,  # default: netguard.guarded_session
         gcs_client: Callable[[], object] | None = None,
     ):
         self.options = options
@@ -204,9 +208,16 @@ class ImageLoader:
         return self._check_size(data, ref)
 
     def _read_http(self, ref: str) -> bytes:
-        session = self._http or requests
+        """Fetch with the SSRF guard (netguard), at most ``max_read_bytes`` and about
+        ``http_timeout`` seconds in all, re-checking every redirect."""
+        if self._http is None:
+            self._http = netguard.guarded_session(
+                netguard.parse_networks(self.options.allowed_networks)
+            )
+        timeout = self.options.http_timeout
+        deadline = time.monotonic() + timeout
         try:
-            with session.get(ref, timeout=self.options.http_timeout, stream=True) as response:
+            with self._http.get(ref, timeout=timeout, stream=True) as response:
                 if response.status_code != 200:
                     raise _read_error(
                         f"HTTP {response.status_code} fetching {ref[:200]}",
@@ -219,11 +230,22 @@ class ImageLoader:
                     size += len(chunk)
                     if size > self.options.max_read_bytes:
                         break
+                    if time.monotonic() > deadline:
+                        raise _read_error(
+                            f"fetching {ref[:200]} took longer than {timeout:g}s", "timeout"
+                        )
+        except requests.TooManyRedirects:
+            raise _read_error(f"too many redirects fetching {ref[:200]}", "redirect") from None
         except requests.Timeout:
             raise _read_error(
-                f"no answer from {ref[:200]} within {self.options.http_timeout:g}s", "timeout"
+                f"no answer from {ref[:200]} within {timeout:g}s", "timeout"
             ) from None
         except requests.RequestException as exc:
+            blocked = netguard.blocked_reason(exc)
+            if blocked:
+                raise _read_error(
+                    f"refused to fetch {ref[:200]}: {blocked}", "blocked_address"
+                ) from None
             raise _read_error(
                 f"fetching {ref[:200]} failed: {type(exc).__name__}", "connection"
             ) from None
