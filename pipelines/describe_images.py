@@ -189,6 +189,13 @@ class DescribeImagesOptions(PipelineOptions):
             "Default: off.",
         )
         add(
+            "--image_fetch_timeout",
+            type=float,
+            default=30.0,
+            help="Seconds allowed for fetching one http(s) image with --inline_http_images. "
+            "Default: 30.",
+        )
+        add(
             "--allow_image_networks",
             type=str,
             default="",
@@ -283,6 +290,7 @@ def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfi
             max_side=opts.max_image_side,
             max_pixels=opts.max_image_pixels,
             inline_http=opts.inline_http_images,
+            http_timeout=opts.image_fetch_timeout,
             allowed_networks=tuple(
                 str(n) for n in netguard.parse_networks(opts.allow_image_networks)
             ),

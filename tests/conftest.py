@@ -10,6 +10,33 @@ if ROOT not in sys.path:
 
 from tests.support.gcs import FakeGcs  # noqa: E402
 
+OFF_MACHINE_CONNECTS = []
+
+
+def _loopback_only(event, args):
+    """Tests talk to loopback only: any other connect is recorded and aborted before it
+    leaves the machine (an SSRF test that regressed would otherwise reach the real address)."""
+    if event != "socket.connect":
+        return
+    address = args[1]
+    if not isinstance(address, tuple):
+        return  # AF_UNIX
+    host = str(address[0])
+    if host.startswith("127.") or host in ("::1", "localhost") or host.startswith("::ffff:127."):
+        return
+    OFF_MACHINE_CONNECTS.append(host)
+    raise ConnectionRefusedError(f"test guard: connect to {host} blocked (loopback only)")
+
+
+sys.addaudithook(_loopback_only)
+
+
+@pytest.fixture(autouse=True)
+def _no_off_machine_traffic():
+    before = len(OFF_MACHINE_CONNECTS)
+    yield
+    assert OFF_MACHINE_CONNECTS[before:] == [], "a test tried to connect off the machine"
+
 
 @pytest.fixture(scope="session")
 def fake_gcs():

@@ -5,6 +5,7 @@ import logging
 
 import pytest
 
+from pipelines import describe_images as job
 from tests.pipelines.conftest import KEY, read_output, write_input
 from tests.support.fake_api import FaultPlan, RecordingApi
 from transforms import describe_images as di
@@ -34,7 +35,7 @@ def key_nowhere(out, caplog, capsys):
 
 
 @pytest.mark.slow
-def test_faults_at_scale_lose_and_duplicate_nothing(tmp_path, run_job, caplog, capsys):
+def test_faults_at_scale_lose_and_duplicate_nothing(tmp_path, run_job, caplog, capsys, monkeypatch):
     """2,000 images; a quarter of all attempts fail in every way we know (429 with and without
     Retry-After, 500/502/503, AI/ML API error bodies, resets, answers past the timeout, broken
     JSON). 0 rows lost, 0 duplicated, >= 99.5 % described, no retry before Retry-After."""
@@ -48,6 +49,9 @@ def test_faults_at_scale_lose_and_duplicate_nothing(tmp_path, run_job, caplog, c
     source, digests = write_input(tmp_path, 2000, bad, files=3)
     plan = FaultPlan(rate=0.25, retry_after=0.2, slow_delay=1.2, seed=11)
     out = str(tmp_path / "out")
+    built = []
+    build = job.build_pipeline
+    monkeypatch.setattr(job, "build_pipeline", lambda p, *a: built.append(p) or build(p, *a))
     with RecordingApi(plan=plan) as api:
         result = run_job(
             api,
@@ -84,6 +88,10 @@ def test_faults_at_scale_lose_and_duplicate_nothing(tmp_path, run_job, caplog, c
     assert totals["retries"] > 400 and totals["http_429"] > 100
     assert totals["cumulativeThrottlingSeconds"] > 0
     key_nowhere(out, caplog, capsys)
+    # nor in the pipeline's options or its serialized graph (the DoFns' pickled config)
+    (pipeline,) = built
+    assert KEY not in str(pipeline.options.get_all_options())
+    assert KEY.encode() not in pipeline.to_runner_api().SerializeToString()
 
 
 @pytest.mark.slow

@@ -389,3 +389,47 @@ def test_image_fetch_never_carries_the_api_key(monkeypatch):
         di.release_worker(cfg)
         server.shutdown()
     assert seen and all("Authorization" not in h for h in seen)
+
+
+def test_gcs_forbidden_object_says_which_role_to_grant():
+    """A loopback server answering like GCS does for an object the caller may not read."""
+    import json
+
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    body = json.dumps(
+        {
+            "error": {
+                "code": 403,
+                "message": "caller does not have storage.objects.get access",
+                "errors": [],
+            }
+        }
+    ).encode()
+    server, base = _image_server({})
+    server.RequestHandlerClass.do_GET = lambda self: (
+        self.send_response(403),
+        self.send_header("Content-Type", "application/json"),
+        self.send_header("Content-Length", str(len(body))),
+        self.end_headers(),
+        self.wfile.write(body),
+    )
+    try:
+        loader = ImageLoader(
+            gcs_client=lambda: storage.Client(
+                project="p",
+                credentials=AnonymousCredentials(),
+                client_options={"api_endpoint": base},
+            )
+        )
+        with pytest.raises(ImageError) as info:
+            loader.prepare("gs://private-bucket/a.jpg")
+    finally:
+        server.shutdown()
+    assert (info.value.stage, info.value.error_type, info.value.http_status) == (
+        "read",
+        "forbidden",
+        403,
+    )
+    assert "roles/storage.objectViewer" in info.value.message
