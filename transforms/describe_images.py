@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Iterable
@@ -79,7 +80,9 @@ class _Worker:
         key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         # The API session carries the key; images are fetched on the loader's own guarded
         # session, so the key can never travel to an image host.
-        self.session = vision_api.new_session(key, cfg.max_concurrency)
+        self.session = vision_api.new_session(
+            key, cfg.max_concurrency, vision_api.chat_completions_url(cfg.api_base)
+        )
         self.image_session = netguard.guarded_session(
             netguard.parse_networks(cfg.image.allowed_networks), cfg.max_concurrency
         )
@@ -331,12 +334,15 @@ class DescribeImagesFn(beam.DoFn):
         self._worker = acquire_worker(self._cfg)
         self._new_session = created
         self._pending = {}
+        self._done = queue.SimpleQueue()
         self._throttle_carry = 0.0
 
     def start_bundle(self):
         # A bundle that failed may leave futures behind; the runner retries that bundle from
-        # its start, so emitting them here would duplicate rows. Drop them.
+        # its start, so emitting them here would duplicate rows. Drop them (their callbacks
+        # still point at the old queue).
         self._pending = {}
+        self._done = queue.SimpleQueue()
         if self._new_session:  # counted here: metrics need a bundle to land in
             self._sessions.inc()
             self._new_session = False
@@ -347,12 +353,14 @@ class DescribeImagesFn(beam.DoFn):
         window=beam.DoFn.WindowParam,
         timestamp=beam.DoFn.TimestampParam,
     ):
-        tally = self._worker.tally
+        done = self._done
         for ref in batch:
             future = self._worker.executor.submit(self._worker.describe, ref)
             self._pending[future] = (window, timestamp)
-            with tally.lock:
-                tally.submitted += 1
+            future.add_done_callback(done.put)
+        tally = self._worker.tally
+        with tally.lock:
+            tally.submitted += len(batch)
         yield from self._drain(self._keep)
 
     def finish_bundle(self):
@@ -364,16 +372,21 @@ class DescribeImagesFn(beam.DoFn):
             release_worker(self._cfg)
 
     def _drain(self, keep: int):
-        """Emit finished rows; wait until at most ``keep`` rows are still pending."""
-        while True:
-            for future in [f for f in self._pending if f.done()]:
-                window, timestamp = self._pending.pop(future)
-                yield self._emit(future.result(), window, timestamp)
-            if len(self._pending) <= keep:
-                return
-            concurrent.futures.wait(
-                list(self._pending), return_when=concurrent.futures.FIRST_COMPLETED
-            )
+        """Emit finished rows; wait until at most ``keep`` rows are still pending.
+
+        Finished futures arrive on a queue, O(1) each: scanning the pending set instead cost a
+        fifth of the process's time under the GIL at 64 requests in flight.
+        """
+        while self._pending:
+            try:
+                future = self._done.get_nowait()
+            except queue.Empty:
+                if len(self._pending) <= keep:
+                    return
+                future = self._done.get()
+            entry = self._pending.pop(future, None)
+            if entry is not None:
+                yield self._emit(future.result(), *entry)
 
     def _emit(self, outcome, window, timestamp):
         tag, row, result = outcome

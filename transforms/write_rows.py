@@ -22,5 +22,8 @@ class WriteRows(beam.PTransform):
             self._prefix,
             self._schema,
             file_name_suffix=".parquet",
+            # rows wait in memory until a row group is full; as Python dicts they take several times
+            # the Arrow size this counts, so keep it small or memory grows with the row count
+            row_group_buffer_size=1024 * 1024,
             shard_name_template="-SSSSS-of-NNNNN",
         )

@@ -10,7 +10,7 @@ import pytest
 
 from pipelines import describe_images as job
 from schemas import rows as schema
-from tests.pipelines.conftest import KEY, read_output, write_input
+from tests.pipelines.conftest import read_output, write_input
 from tests.support import images as timg
 from tests.support.fake_api import RecordingApi
 
@@ -82,29 +82,13 @@ def test_no_id_column_makes_the_reference_the_id(tmp_path):
 
 
 @pytest.mark.slow
-def test_request_budget_is_held_without_429s(tmp_path, monkeypatch):
+def test_request_budget_is_held_without_429s(tmp_path, run_job):
     """--requests_per_minute 240 against an endpoint that allows 300/min (5/s): no 429s, and the
     endpoint never sees more than the budget."""
-    monkeypatch.setenv("VE_KEY", KEY)
     source, digests = write_input(tmp_path, 36)
     out = str(tmp_path / "out")
     with RecordingApi(rate_limit_per_s=5) as api:
-        job.run(
-            [
-                "--input",
-                source,
-                "--output",
-                out,
-                "--api_base",
-                api.base_url,
-                "--api_key_env",
-                "VE_KEY",
-                "--requests_per_minute",
-                "240",
-                "--max_concurrency",
-                "16",
-            ]
-        )
+        run_job(api, source, out, "--requests_per_minute", 240, "--max_concurrency", 16)
     assert api.rate_limited == 0
     assert read_output(out, "descriptions").num_rows == 36
     span = api.arrivals[-1] - api.arrivals[0]
@@ -113,30 +97,22 @@ def test_request_budget_is_held_without_429s(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_two_worker_processes_one_session_each(tmp_path, monkeypatch):
-    monkeypatch.setenv("VE_KEY", KEY)
+def test_two_worker_processes_one_session_each(tmp_path, run_job):
     source, digests = write_input(tmp_path, 120, files=4)
     out = str(tmp_path / "out")
     with RecordingApi(latency=0.02) as api:
-        result = job.run(
-            [
-                "--input",
-                source,
-                "--output",
-                out,
-                "--api_base",
-                api.base_url,
-                "--api_key_env",
-                "VE_KEY",
-                "--max_concurrency",
-                "4",
-                "--runner",
-                "DirectRunner",
-                "--direct_num_workers",
-                "2",
-                "--direct_running_mode",
-                "multi_processing",
-            ]
+        result = run_job(
+            api,
+            source,
+            out,
+            "--max_concurrency",
+            4,
+            "--runner",
+            "DirectRunner",
+            "--direct_num_workers",
+            2,
+            "--direct_running_mode",
+            "multi_processing",
         )
     rows = read_output(out, "descriptions").to_pylist()
     assert sorted(r["image_id"] for r in rows) == sorted(digests)

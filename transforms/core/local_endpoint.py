@@ -130,6 +130,11 @@ def analyser_answer(body: dict) -> dict:
     return completion(body, content, image_analyzer.MODEL_ID, image_tokens)
 
 
+def fixed_answer(body: dict) -> dict:
+    """The same short answer for every request, without decoding the image (load tests)."""
+    return completion(body, "A small test image.", "local-fixed-answer", image_tokens=85)
+
+
 def completion(body: dict, content: str, model: str, image_tokens: int = 0) -> dict:
     """A well-formed chat.completion, truncated to ``max_tokens`` like a real model would."""
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
@@ -201,7 +206,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         )
 
     def do_GET(self):
-        if self.path.rstrip("/").endswith("/models"):
+        if self.path.rstrip("/") == "/stats":  # for benchmarks: what the endpoint has seen
+            self._send_json(200, self.server.endpoint.stats())
+        elif self.path.rstrip("/").endswith("/models"):
             self._send_json(
                 200,
                 {
@@ -223,6 +230,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         endpoint = self.server.endpoint
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
+        if self.path.rstrip("/") == "/stats/reset":
+            endpoint.reset_stats()
+            self._send_json(200, endpoint.stats())
+            return
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._error(404, f"no route for POST {self.path}")
             return
@@ -308,6 +319,9 @@ class ChatEndpoint:
         self.requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.first_arrival: float | None = None
+        self.last_arrival: float | None = None
+        self.last_done: float | None = None
 
     @property
     def base_url(self) -> str:
@@ -318,8 +332,27 @@ class ChatEndpoint:
         with self._lock:
             self.connections += 1
 
+    def stats(self) -> dict:
+        with self._lock:
+            return {
+                "requests": self.requests,
+                "connections": self.connections,
+                "max_in_flight": self.max_in_flight,
+                "first": self.first_arrival,
+                "last": self.last_arrival,
+                "last_done": self.last_done,
+            }
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self.requests = self.connections = self.max_in_flight = 0
+            self.first_arrival = self.last_arrival = self.last_done = None
+
     def _enter(self):
         with self._lock:
+            now = time.time()
+            self.first_arrival = self.first_arrival or now
+            self.last_arrival = now
             self.requests += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -327,6 +360,7 @@ class ChatEndpoint:
     def _leave(self):
         with self._lock:
             self.in_flight -= 1
+            self.last_done = time.time()
 
     def start(self) -> "ChatEndpoint":
         self._thread = threading.Thread(
@@ -353,8 +387,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--latency", type=float, default=0.0, help="Seconds added to every answer. Default: 0."
     )
+    parser.add_argument(
+        "--answer",
+        choices=("analyser", "fixed"),
+        default="analyser",
+        help="'analyser' describes each image; 'fixed' answers the same short "
+        "text without decoding (for load tests). Default: analyser.",
+    )
     args = parser.parse_args(argv)
-    endpoint = ChatEndpoint(args.host, args.port, latency=args.latency)
+    answer = analyser_answer if args.answer == "analyser" else fixed_answer
+    endpoint = ChatEndpoint(args.host, args.port, answer=answer, latency=args.latency)
     print(f"serving {endpoint.base_url}/chat/completions (Ctrl-C stops)", flush=True)
     try:
         endpoint._server.serve_forever()

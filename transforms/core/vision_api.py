@@ -27,6 +27,7 @@ import dataclasses
 import email.utils
 import json
 import logging
+import os
 import random
 import time
 import urllib.parse
@@ -467,9 +468,20 @@ class VisionClient:
         return text
 
 
-def new_session(api_key: str | None, pool_size: int) -> requests.Session:
-    """A session whose connection pool holds ``pool_size`` keep-alive connections."""
+def new_session(api_key: str | None, pool_size: int, url: str | None = None) -> requests.Session:
+    """A session whose connection pool holds ``pool_size`` keep-alive connections.
+
+    The environment (proxy variables, REQUESTS_CA_BUNDLE) is read once here for ``url``, not on
+    every request: with ``trust_env`` on, requests re-reads them and looks for a ~/.netrc on
+    each call, which at hundreds of requests a second is a measurable share of the process.
+    """
     session = requests.Session()
+    if url is not None:
+        session.proxies.update(requests.utils.get_environ_proxies(url))
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            session.verify = bundle
+        session.trust_env = False
     adapter = requests.adapters.HTTPAdapter(
         pool_connections=4, pool_maxsize=max(1, pool_size), max_retries=0
     )
