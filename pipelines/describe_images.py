@@ -29,7 +29,7 @@ from apache_beam.options.pipeline_options import (
 
 from schemas import rows as schema
 from transforms import describe_images as di
-from transforms.core import images, netguard, vision_api
+from transforms.core import images, netguard, secrets, vision_api
 from transforms.core.local_endpoint import ChatEndpoint
 from transforms.core.ratelimit import worker_share
 from transforms.read_image_refs import ReadImageRefs, parquet_columns
@@ -38,6 +38,17 @@ from transforms.write_rows import WriteRows
 _LOGGER = logging.getLogger(__name__)
 
 LOCAL = "local"
+
+
+def _flag(text: str) -> bool:
+    """A boolean flag that also takes a value (``--x``, ``--x=true``, ``--x=false``), since Flex
+    Templates pass every parameter as ``--name=value``."""
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 class DescribeImagesOptions(PipelineOptions):
@@ -106,6 +117,16 @@ class DescribeImagesOptions(PipelineOptions):
             default="AIMLAPI_API_KEY",
             help="Name of the environment variable holding the API key (the key itself is "
             "never a flag). Default: AIMLAPI_API_KEY.",
+        )
+        add(
+            "--api_key_secret",
+            type=str,
+            default=None,
+            help="Secret Manager version holding the API key, e.g. "
+            "projects/P/secrets/aimlapi-key/versions/latest; read by each worker in setup(). "
+            "The way to pass the key on Dataflow, where workers do not see your environment; "
+            "the workers' service account needs roles/secretmanager.secretAccessor. Wins over "
+            "--api_key_env. Default: none.",
         )
         add(
             "--max_concurrency",
@@ -183,7 +204,9 @@ class DescribeImagesOptions(PipelineOptions):
         )
         add(
             "--inline_http_images",
-            action="store_true",
+            type=_flag,
+            nargs="?",
+            const=True,
             default=False,
             help="Fetch http(s) images on the worker and send them inline instead of by URL. "
             "Default: off.",
@@ -250,10 +273,16 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
     if opts.api_base != LOCAL:
         if not opts.api_base.startswith(("http://", "https://")):
             raise OptionsError(f"--api_base {opts.api_base!r} must be an http(s) URL or 'local'")
-        if not os.environ.get(opts.api_key_env or ""):
+        if opts.api_key_secret:
+            try:
+                secrets.check_secret_name(opts.api_key_secret)
+            except ValueError as exc:
+                raise OptionsError(str(exc)) from None
+        elif not os.environ.get(opts.api_key_env or ""):
             raise OptionsError(
                 f"no API key: set the environment variable {opts.api_key_env} (or name another "
-                "with --api_key_env), or run offline with --api_base local"
+                "with --api_key_env), give a Secret Manager version with --api_key_secret, or run "
+                "offline with --api_base local"
             )
     FileSystems.set_options(options)  # so the gs:// check below uses the job's credentials
     try:
@@ -279,6 +308,7 @@ def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfi
     return di.DescribeConfig(
         api_base=api_base,
         api_key_env=None if local else opts.api_key_env,
+        api_key_secret=None if local else opts.api_key_secret,
         chat=vision_api.ChatConfig(
             model=opts.model,
             prompt=opts.prompt,
@@ -363,9 +393,11 @@ def format_summary(totals: dict[str, float], output: str) -> str:
 
 def _default_runner(argv: list[str]) -> list[str]:
     # Without a --runner, Beam's DirectRunner first tries to download a Prism binary; the
-    # in-process FnApiRunner needs nothing from the network.
+    # in-process FnApiRunner needs nothing from the network. Launched as a Flex Template, the
+    # job is meant for Dataflow.
     if not any(a == "--runner" or a.startswith("--runner=") for a in argv):
-        argv = argv + ["--runner=FnApiRunner"]
+        flex = bool(os.environ.get("FLEX_TEMPLATE_PYTHON_PY_FILE"))
+        argv = argv + ["--runner=" + ("DataflowRunner" if flex else "FnApiRunner")]
     return argv
 
 

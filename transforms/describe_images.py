@@ -14,7 +14,6 @@ import concurrent.futures
 import dataclasses
 import datetime as dt
 import logging
-import os
 import queue
 import threading
 import time
@@ -25,7 +24,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.core import images, netguard, tokens, vision_api
+from transforms.core import images, netguard, secrets, tokens, vision_api
 from transforms.core.ratelimit import AdaptiveConcurrency, RateLimiter, ThrottleGate
 
 _LOGGER = logging.getLogger(__name__)
@@ -41,6 +40,7 @@ class DescribeConfig:
 
     api_base: str
     api_key_env: str | None = "AIMLAPI_API_KEY"  # None: send no Authorization header
+    api_key_secret: str | None = None  # a Secret Manager version; wins over api_key_env
     chat: vision_api.ChatConfig = vision_api.ChatConfig()
     image: images.ImageOptions = images.ImageOptions()
     retry: vision_api.RetryPolicy = vision_api.RetryPolicy()
@@ -77,7 +77,7 @@ class _Worker:
 
     def __init__(self, cfg: DescribeConfig):
         self.cfg = cfg
-        key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        key = secrets.api_key(cfg.api_key_env, cfg.api_key_secret)
         # The API session carries the key; images are fetched on the loader's own guarded
         # session, so the key can never travel to an image host.
         self.session = vision_api.new_session(
