@@ -305,6 +305,10 @@ class DescribeImagesFn(beam.DoFn):
       retries. Retries are per request with exponential back-off and jitter, honouring
       Retry-After / retry-after-ms; a failing request never retries its batch-mates.
     - ``response``: a 200 whose body stayed invalid JSON through the retries, or held no answer.
+    - ``request`` / ``account_stopped``: after ``stop_after_account_errors`` answers of 401, 402
+      or 403 the worker sends nothing more; its remaining rows fail as "not sent".
+    Back-pressure: a 429 halves the worker's concurrency (AIMD) and, with Retry-After, holds
+    every thread of the process until then; waits count in ``cumulativeThrottlingSeconds``.
     The error column says what to fix; the key never appears in it.
     """
 
