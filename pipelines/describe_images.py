@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (
     DirectOptions,
@@ -33,11 +35,14 @@ from transforms.core import images, netguard, secrets, vision_api
 from transforms.core.local_endpoint import ChatEndpoint
 from transforms.core.ratelimit import worker_share
 from transforms.read_image_refs import ReadImageRefs, parquet_columns
+from transforms.write_bigquery import METHODS as WRITE_METHODS
+from transforms.write_bigquery import WriteRowsToBigQuery
 from transforms.write_rows import WriteRows
 
 _LOGGER = logging.getLogger(__name__)
 
 LOCAL = "local"
+TABLE_SPEC = re.compile(r"^[A-Za-z0-9_.:-]+[:.][A-Za-z0-9_]+\.[A-Za-z0-9_$-]+$")
 
 
 def _flag(text: str) -> bool:
@@ -66,7 +71,30 @@ class DescribeImagesOptions(PipelineOptions):
             type=str,
             default=None,
             help="Folder, local or gs://, for descriptions-*.parquet and failures-*.parquet "
-            "(required).",
+            "(required unless --output_table is given).",
+        )
+        add(
+            "--output_table",
+            type=str,
+            default=None,
+            help="BigQuery table (project:dataset.table) for the description rows, created when "
+            "missing, partitioned by processed_at day and clustered by model. With or instead "
+            "of --output. Default: none.",
+        )
+        add(
+            "--failures_table",
+            type=str,
+            default=None,
+            help="BigQuery table for the failure rows (partitioned by failed_at, clustered by "
+            "stage). Default: --output_table with a _failures suffix.",
+        )
+        add(
+            "--bigquery_method",
+            type=str,
+            default="FILE_LOADS",
+            choices=WRITE_METHODS,
+            help="How rows reach BigQuery: FILE_LOADS (batch load jobs), STREAMING_INSERTS or "
+            "STORAGE_WRITE_API. Default: FILE_LOADS.",
         )
         add(
             "--image_column",
@@ -257,8 +285,16 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
     opts = options.view_as(DescribeImagesOptions)
     if not opts.input:
         raise OptionsError("--input is required: a Parquet file or glob, local or gs://")
-    if not opts.output:
-        raise OptionsError("--output is required: a folder, local or gs://")
+    if not opts.output and not opts.output_table:
+        raise OptionsError(
+            "--output is required: a folder, local or gs:// (or give --output_table for BigQuery)"
+        )
+    for flag in ("output_table", "failures_table"):
+        table = getattr(opts, flag)
+        if table and not TABLE_SPEC.match(table):
+            raise OptionsError(f"--{flag} {table!r} must look like project:dataset.table")
+    if opts.output_table and not opts.failures_table:
+        opts.failures_table = opts.output_table + "_failures"
     for flag in ("max_concurrency", "max_tokens", "max_image_side", "max_image_pixels"):
         if getattr(opts, flag) < 1:
             raise OptionsError(f"--{flag} must be at least 1")
@@ -335,20 +371,70 @@ def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfi
     )
 
 
-def build_pipeline(p: beam.Pipeline, options: PipelineOptions, api_base: str):
-    """Wire the job; returns (descriptions, failures) PCollections."""
+def build_pipeline(p: beam.Pipeline, options: PipelineOptions, api_base: str, bigquery_client=None):
+    """Wire the job; returns (descriptions, failures) PCollections.
+
+    ``bigquery_client`` is passed to WriteToBigQuery's ``test_client`` (tests use an emulator).
+    """
     opts = options.view_as(DescribeImagesOptions)
+    cfg = describe_config(options, api_base)
     outputs = (
         p
         | "ReadImageRefs" >> ReadImageRefs(opts.input, opts.image_column, opts.id_column or None)
-        | "DescribeImages" >> di.DescribeImages(describe_config(options, api_base))
+        | "DescribeImages" >> di.DescribeImages(cfg)
     )
     descriptions, failures = outputs[di.DESCRIPTIONS], outputs[di.FAILURES]
-    _ = descriptions | "WriteDescriptions" >> WriteRows(
-        opts.output, "descriptions", schema.DESCRIPTIONS_SCHEMA
-    )
-    _ = failures | "WriteFailures" >> WriteRows(opts.output, "failures", schema.FAILURES_SCHEMA)
+    if opts.output_table:
+        refused = descriptions | "WriteDescriptionsToBigQuery" >> WriteRowsToBigQuery(
+            opts.output_table,
+            schema.DESCRIPTION_FIELDS,
+            method=opts.bigquery_method,
+            partition_field="processed_at",
+            cluster_fields=["model"],
+            test_client=bigquery_client,
+        )
+        failures = (
+            failures,
+            refused | "RefusedToFailures" >> beam.Map(_refused_failure_row, cfg),
+        ) | "AllFailures" >> beam.Flatten()
+        refused_failures = failures | "WriteFailuresToBigQuery" >> WriteRowsToBigQuery(
+            opts.failures_table,
+            schema.FAILURE_FIELDS,
+            method=opts.bigquery_method,
+            partition_field="failed_at",
+            cluster_fields=["stage"],
+            test_client=bigquery_client,
+        )
+        _ = refused_failures | "ReportRefusedFailures" >> beam.Map(_report_refused_failure)
+    if opts.output:
+        _ = descriptions | "WriteDescriptions" >> WriteRows(
+            opts.output, "descriptions", schema.DESCRIPTIONS_SCHEMA
+        )
+        _ = failures | "WriteFailures" >> WriteRows(opts.output, "failures", schema.FAILURES_SCHEMA)
     return descriptions, failures
+
+
+def _refused_failure_row(refused, cfg: di.DescribeConfig) -> dict:
+    """A description row BigQuery would not take becomes a failure row (stage ``write``)."""
+    row, error = refused
+    attempts = row.get("attempts")
+    return di.failure_row(
+        row,
+        "write",
+        error,
+        "bigquery_rejected",
+        None,
+        None,
+        attempts if isinstance(attempts, int) else 0,
+        cfg,
+    )
+
+
+def _report_refused_failure(refused) -> None:
+    # Nowhere is left to put a failure row the failures table refuses: say so loudly.
+    row, error = refused
+    _LOGGER.error("failure row for %s was refused by BigQuery too: %s", row.get("image_id"), error)
+    Metrics.counter(di.NAMESPACE, "failure_rows_refused").inc()
 
 
 def summarize(result, elapsed: float) -> dict[str, float]:
@@ -363,7 +449,16 @@ def summarize(result, elapsed: float) -> dict[str, float]:
     return totals
 
 
-def format_summary(totals: dict[str, float], output: str) -> str:
+def _outputs(opts: DescribeImagesOptions) -> list[str]:
+    places = []
+    if opts.output:
+        places.append(f"{opts.output}/descriptions-*.parquet, {opts.output}/failures-*.parquet")
+    if opts.output_table:
+        places.append(f"BigQuery {opts.output_table}, {opts.failures_table}")
+    return places
+
+
+def format_summary(totals: dict[str, float], opts: DescribeImagesOptions) -> str:
     described = int(totals.get("images_described", 0))
     failed = int(totals.get("images_failed", 0))
     elapsed = totals["elapsed_s"]
@@ -380,7 +475,7 @@ def format_summary(totals: dict[str, float], output: str) -> str:
         f"  throttled   {int(totals.get('cumulativeThrottlingSeconds', 0))} s waiting on the "
         "rate budget or the provider's 429s",
         f"  throughput  {(described + failed) / max(elapsed, 1e-9):.2f} images/s",
-        f"  output      {output}/descriptions-*.parquet, {output}/failures-*.parquet",
+        *[f"  output      {where}" for where in _outputs(opts)],
     ]
     not_sent = int(totals.get("rows_not_sent", 0))
     if not_sent:
@@ -401,7 +496,7 @@ def _default_runner(argv: list[str]) -> list[str]:
     return argv
 
 
-def run(argv: list[str] | None = None, save_main_session: bool = False):
+def run(argv: list[str] | None = None, bigquery_client=None):
     """Parse flags, run the job to completion, print the summary; returns the PipelineResult."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -430,11 +525,11 @@ def run(argv: list[str] | None = None, save_main_session: bool = False):
         api_base = endpoint.base_url if endpoint else opts.api_base
         started = time.monotonic()
         p = beam.Pipeline(options=options)
-        build_pipeline(p, options, api_base)
+        build_pipeline(p, options, api_base, bigquery_client)
         result = p.run()
         result.wait_until_finish()
         totals = summarize(result, time.monotonic() - started)
-        print(format_summary(totals, opts.output), flush=True)
+        print(format_summary(totals, opts), flush=True)
         return result
     finally:
         if endpoint is not None:

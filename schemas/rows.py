@@ -59,7 +59,7 @@ DESCRIPTION_FIELDS: tuple[Field, ...] = (
 FAILURE_FIELDS: tuple[Field, ...] = (
     Field("image_id", "STRING", True, "Row id from the input (null when id and reference are)."),
     Field("image_uri", "STRING", True, "The image reference as read from the input."),
-    Field("stage", "STRING", False, "Where it failed: read, decode, request or response."),
+    Field("stage", "STRING", False, "Where it failed: read, decode, request, response or write."),
     Field("error", "STRING", False, "What went wrong and what to do about it."),
     Field(
         "error_type", "STRING", True, "Short machine-readable kind (not_found, rate_limited, ...)."

@@ -60,6 +60,16 @@ def fake_gcs():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def bq_emulator():
+    """bqemulator on loopback for the whole session."""
+    from tests.support.bq import BigQueryEmulator
+
+    emulator = BigQueryEmulator().start()
+    yield emulator
+    emulator.stop()
+
+
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog):
     caplog.set_level(logging.INFO, logger="transforms")
