@@ -218,6 +218,7 @@ def run_vision_enrich(source: str, out: str, n: int, concurrency: int, endpoint:
             endpoint.base,
             "--api_key_env",
             "BENCH_KEY",
+            "--skip_preflight",
             "--max_concurrency",
             str(concurrency),
         ]
@@ -367,6 +368,7 @@ def memory(counts: tuple[int, ...]) -> list[dict]:
                     "os.environ['BENCH_KEY']='k'; "
                     f"j.run(['--input', {source!r}, '--output', {folder + '/out'!r}, "
                     f"'--api_base', {endpoint.base!r}, '--api_key_env', 'BENCH_KEY', "
+                    "'--skip_preflight', "
                     "'--max_concurrency', '16'])"
                 )
                 start = time.monotonic()

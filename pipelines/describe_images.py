@@ -29,6 +29,7 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
+from pipelines import preflight
 from schemas import rows as schema
 from transforms import describe_images as di
 from transforms.core import images, netguard, secrets, vision_api
@@ -253,6 +254,15 @@ class DescribeImagesOptions(PipelineOptions):
             help="Comma-separated networks (CIDR) that --inline_http_images may fetch from even "
             "though they are private, loopback or link-local, e.g. 10.20.0.0/16. Everything "
             "not globally routable is refused otherwise. Default: none.",
+        )
+        add(
+            "--skip_preflight",
+            type=_flag,
+            nargs="?",
+            const=True,
+            default=False,
+            help="Skip the launch checks: output writable, and one tiny test request (an 8x8 "
+            "image, max_tokens 1) that the model answers. Default: off.",
         )
         add(
             "--batch_size",
@@ -523,6 +533,16 @@ def run(argv: list[str] | None = None, bigquery_client=None):
                 endpoint.base_url,
             )
         api_base = endpoint.base_url if endpoint else opts.api_base
+        if not opts.skip_preflight:
+            try:
+                if opts.output:
+                    preflight.check_output_writable(opts.output)
+                cfg = describe_config(options, api_base)
+                preflight.check_model_answers(
+                    api_base, cfg.chat, cfg.api_key_env, cfg.api_key_secret, cfg.request_timeout
+                )
+            except preflight.PreflightError as exc:
+                raise SystemExit(f"describe_images: preflight: {exc}") from None
         started = time.monotonic()
         p = beam.Pipeline(options=options)
         build_pipeline(p, options, api_base, bigquery_client)
