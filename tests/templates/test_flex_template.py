@@ -92,3 +92,21 @@ def test_the_launcher_can_run_the_file_as_a_script():
     )
     assert result.returncode == 0, result.stderr
     assert "--api_key_secret" in result.stdout
+
+
+def test_scheduled_dag_uses_only_template_parameters():
+    """The Airflow example is parsed, not imported (Airflow is not a dependency)."""
+    import ast
+
+    tree = ast.parse((ROOT / "templates" / "scheduled_enrichment_dag.py").read_text())
+    dicts = [node for node in ast.walk(tree) if isinstance(node, ast.Dict)]
+    parameters = next(
+        d.values[i]
+        for d in dicts
+        for i, k in enumerate(d.keys)
+        if isinstance(k, ast.Constant) and k.value == "parameters"
+    )
+    names = [k.value for k in parameters.keys]
+    assert names and set(names) <= set(PARAMS)
+    assert "api_key_secret" in names  # the key never rides in a parameter
+    assert all("key" not in n or n == "api_key_secret" for n in names)
