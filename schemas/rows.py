@@ -108,6 +108,19 @@ def check_row(fields: Iterable[Field], row: Mapping[str, Any]) -> None:
             raise ValueError(f"column {f.name} should be {f.type}, got {type(value).__name__}")
 
 
+def to_beam_fields(fields: Iterable[Field]) -> list[tuple[str, Any]]:
+    """(name, type) pairs for a Beam schema (``RowTypeConstraint.from_fields``): what Beam YAML
+    and other schema-aware transforms see. TIMESTAMP becomes Beam's ``Timestamp``."""
+    import typing
+
+    from apache_beam.utils.timestamp import Timestamp
+
+    python = {**{k: v[2] for k, v in TYPES.items()}, "TIMESTAMP": Timestamp}
+    # typing.Optional rather than X | None: that is the form Beam maps to a nullable field
+    optional = typing.Optional
+    return [(f.name, optional[python[f.type]] if f.nullable else python[f.type]) for f in fields]
+
+
 DESCRIPTIONS_SCHEMA = to_pyarrow(DESCRIPTION_FIELDS)
 FAILURES_SCHEMA = to_pyarrow(FAILURE_FIELDS)
 DESCRIPTION_COLUMNS = tuple(f.name for f in DESCRIPTION_FIELDS)

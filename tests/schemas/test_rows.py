@@ -79,3 +79,28 @@ def test_check_row():
     # rows with these types become a table under the derived schema
     table = pa.Table.from_pylist([good], schema=rows.FAILURES_SCHEMA)
     assert table.num_rows == 1
+
+
+@pytest.mark.parametrize("fields", [rows.DESCRIPTION_FIELDS, rows.FAILURE_FIELDS])
+def test_beam_schema_agrees_with_pyarrow(fields):
+    import typing
+
+    from apache_beam.utils.timestamp import Timestamp
+
+    arrow = rows.to_pyarrow(fields)
+    beam_fields = rows.to_beam_fields(fields)
+    assert [name for name, _ in beam_fields] == arrow.names
+    for (name, kind), field in zip(beam_fields, arrow):
+        nullable = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
+        assert nullable == field.nullable, name
+        base = typing.get_args(kind)[0] if nullable else kind
+        assert (
+            base
+            is {
+                "STRING": str,
+                "INT64": int,
+                "FLOAT64": float,
+                "BOOL": bool,
+                "TIMESTAMP": Timestamp,
+            }[next(f.type for f in fields if f.name == name)]
+        )

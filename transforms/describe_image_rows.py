@@ -1,0 +1,106 @@
+"""``DescribeImageRows``: the schema-aware face of ``DescribeImages``, for Beam YAML.
+
+Takes rows with an image-reference column (and optionally an id column), as YAML's
+``ReadFromParquet`` produces them, and returns ``{"descriptions": ..., "failures": ...}``: typed
+``beam.Row`` collections whose schemas derive from ``schemas/rows.py`` (timestamps as Beam
+``Timestamp``), so YAML's writers and SQL accept them. Used from YAML as
+
+    - type: PyTransform
+      name: DescribeImages
+      input: ReadImageRefs
+      config:
+        constructor: transforms.describe_image_rows.DescribeImageRows
+        kwargs: {api_base: "https://api.aimlapi.com/v1", model: gpt-4o}
+
+(see templates/describe_images.yaml). The key comes from ``api_key_env`` or ``api_key_secret``,
+never from the YAML.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.typehints.row_type import RowTypeConstraint
+from apache_beam.utils.timestamp import Timestamp
+
+from schemas import rows as schema
+from transforms import describe_images as di
+from transforms.core import images, vision_api
+from transforms.read_image_refs import to_ref
+
+
+def _typed_row(row: dict[str, Any]) -> beam.Row:
+    return beam.Row(
+        **{
+            k: Timestamp.from_utc_datetime(v) if isinstance(v, dt.datetime) else v
+            for k, v in row.items()
+        }
+    )
+
+
+class DescribeImageRows(beam.PTransform):
+    def __init__(
+        self,
+        api_base: str,
+        model: str = "gpt-4o",
+        prompt: str = "What's in this image?",
+        system_prompt: str | None = None,
+        max_tokens: int = 300,
+        detail: str = "auto",
+        api_key_env: str | None = "AIMLAPI_API_KEY",
+        api_key_secret: str | None = None,
+        image_column: str = "image_uri",
+        id_column: str | None = None,
+        max_concurrency: int = 8,
+        request_timeout: float = 60.0,
+        max_retries: int = 5,
+        requests_per_minute: float = 0.0,
+        max_image_side: int = 2048,
+        label: str | None = None,
+    ):
+        super().__init__(label)
+        if not str(api_base).startswith(("http://", "https://")):
+            raise ValueError(
+                f"api_base {api_base!r} must be an http(s) URL; for an offline run start "
+                "`python -m transforms.core.local_endpoint` and point api_base at it"
+            )
+        self._image_column, self._id_column = image_column, id_column
+        self._cfg = di.DescribeConfig(
+            api_base=api_base,
+            api_key_env=api_key_env,
+            api_key_secret=api_key_secret,
+            chat=vision_api.ChatConfig(
+                model=model,
+                prompt=prompt,
+                system_prompt=system_prompt,
+                max_tokens=int(max_tokens),
+                detail=detail,
+            ),
+            image=images.ImageOptions(max_side=int(max_image_side)),
+            retry=vision_api.RetryPolicy(max_retries=int(max_retries)),
+            max_concurrency=int(max_concurrency),
+            request_timeout=float(request_timeout),
+            requests_per_minute=float(requests_per_minute),
+        )
+
+    def expand(self, rows):
+        outputs = (
+            rows
+            | "ToImageRefs"
+            >> beam.Map(
+                lambda r, c, i: to_ref(r._asdict(), c, i), self._image_column, self._id_column
+            )
+            | "DescribeImages" >> di.DescribeImages(self._cfg)
+        )
+        typed = {}
+        for tag, fields in (
+            (di.DESCRIPTIONS, schema.DESCRIPTION_FIELDS),
+            (di.FAILURES, schema.FAILURE_FIELDS),
+        ):
+            row_type = RowTypeConstraint.from_fields(schema.to_beam_fields(fields))
+            typed[tag] = outputs[tag] | f"Typed{tag.title()}" >> beam.Map(
+                _typed_row
+            ).with_output_types(row_type)
+        return typed
