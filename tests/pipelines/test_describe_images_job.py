@@ -194,3 +194,59 @@ def test_help_lists_every_flag_with_its_default(capsys):
     ]:
         assert flag in text
     assert text.count("Default:") >= 18
+
+
+@pytest.mark.emulator
+def test_all_gcs_job_touches_no_local_file(fake_gcs, monkeypatch):
+    """--input gs://, images in gs://, --output gs://: the whole job against fake-gcs-server,
+    through the proxy that carries out batch requests for it (see tests/support/gcs.py)."""
+    from tests.support.gcs import BatchSplittingProxy
+
+    client = fake_gcs.client()
+    bucket = client.create_bucket("ve-all-gcs")
+    digests = {}
+    for i in range(4):
+        data = timg.png(seed=40 + i)
+        bucket.blob(f"img/{i}.png").upload_from_string(data)
+        digests[f"g{i}"] = hashlib.sha256(data).hexdigest()
+    table = pa.table(
+        {
+            "image_id": [*digests, "gone"],
+            "image_uri": [f"gs://ve-all-gcs/img/{i}.png" for i in range(4)]
+            + ["gs://ve-all-gcs/img/gone.png"],
+        }
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    bucket.blob("refs/part-0.parquet").upload_from_string(sink.getvalue().to_pybytes())
+    proxy = BatchSplittingProxy(fake_gcs.url)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+    try:
+        job.run(
+            [
+                "--input",
+                "gs://ve-all-gcs/refs/*.parquet",
+                "--output",
+                "gs://ve-all-gcs/out",
+                "--api_base",
+                "local",
+            ]
+        )
+    finally:
+        proxy.stop()
+
+    def read(name):
+        blobs = list(client.list_blobs("ve-all-gcs", prefix=f"out/{name}-"))
+        assert blobs, f"no gs://ve-all-gcs/out/{name}-*"
+        return pa.concat_tables(
+            [pq.read_table(pa.BufferReader(b.download_as_bytes())) for b in blobs]
+        ).to_pylist()
+
+    assert {r["image_id"]: r["image_sha256"] for r in read("descriptions")} == digests
+    assert [(f["image_id"], f["error_type"]) for f in read("failures")] == [("gone", "not_found")]
+    others = [
+        b.name
+        for b in client.list_blobs("ve-all-gcs", prefix="out/")
+        if not b.name.endswith(".parquet")
+    ]
+    assert others == []  # the sink's temp files and the preflight probe are gone
