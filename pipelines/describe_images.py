@@ -36,6 +36,7 @@ from transforms.core import images, netguard, secrets, vision_api
 from transforms.core.local_endpoint import ChatEndpoint
 from transforms.core.ratelimit import worker_share
 from transforms.read_image_refs import ReadImageRefs, parquet_columns
+from transforms.read_image_refs_bigquery import ReadImageRefsFromBigQuery
 from transforms.write_bigquery import METHODS as WRITE_METHODS
 from transforms.write_bigquery import WriteRowsToBigQuery
 from transforms.write_rows import WriteRows
@@ -65,7 +66,21 @@ class DescribeImagesOptions(PipelineOptions):
             "--input",
             type=str,
             default=None,
-            help="Parquet file or glob, local or gs:// (required).",
+            help="Parquet file or glob, local or gs:// (this, --input_table or --input_query "
+            "is required).",
+        )
+        add(
+            "--input_table",
+            type=str,
+            default=None,
+            help="BigQuery table (project:dataset.table) to read the references from, with the "
+            "Storage Read API. Default: none.",
+        )
+        add(
+            "--input_query",
+            type=str,
+            default=None,
+            help="BigQuery standard-SQL query whose rows hold the references. Default: none.",
         )
         add(
             "--output",
@@ -293,8 +308,16 @@ def _worker_processes(options: PipelineOptions) -> int:
 def validate(options: PipelineOptions) -> DescribeImagesOptions:
     """Check flags and environment before the graph is built; fill in derived values."""
     opts = options.view_as(DescribeImagesOptions)
-    if not opts.input:
-        raise OptionsError("--input is required: a Parquet file or glob, local or gs://")
+    sources = [f for f in ("input", "input_table", "input_query") if getattr(opts, f)]
+    if len(sources) != 1:
+        raise OptionsError(
+            "give exactly one input: --input (Parquet file or glob, local or "
+            "gs://), --input_table (project:dataset.table) or --input_query (SQL)"
+        )
+    if opts.input_table and not TABLE_SPEC.match(opts.input_table):
+        raise OptionsError(
+            f"--input_table {opts.input_table!r} must look like project:dataset.table"
+        )
     if not opts.output and not opts.output_table:
         raise OptionsError(
             "--output is required: a folder, local or gs:// (or give --output_table for BigQuery)"
@@ -331,6 +354,11 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
                 "offline with --api_base local"
             )
     FileSystems.set_options(options)  # so the gs:// check below uses the job's credentials
+    if not opts.input:
+        # BigQuery input: its columns are checked when the job reads it
+        if opts.id_column is None:
+            opts.id_column = "image_id"
+        return opts
     try:
         columns, _ = parquet_columns(opts.input)
     except ValueError as exc:
@@ -390,7 +418,14 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions, api_base: str, bi
     cfg = describe_config(options, api_base)
     outputs = (
         p
-        | "ReadImageRefs" >> ReadImageRefs(opts.input, opts.image_column, opts.id_column or None)
+        | "ReadImageRefs"
+        >> (
+            ReadImageRefs(opts.input, opts.image_column, opts.id_column or None)
+            if opts.input
+            else ReadImageRefsFromBigQuery(
+                opts.input_table, opts.input_query, opts.image_column, opts.id_column or None
+            )
+        )
         | "DescribeImages" >> di.DescribeImages(cfg)
     )
     descriptions, failures = outputs[di.DESCRIPTIONS], outputs[di.FAILURES]

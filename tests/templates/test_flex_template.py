@@ -16,7 +16,8 @@ from pipelines.describe_images import DescribeImagesOptions
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 METADATA = json.loads((ROOT / "templates" / "metadata.json").read_text())
 PARAMS = {p["name"]: p for p in METADATA["parameters"]}
-REQUIRED = {"input"}  # --output or --output_table: checked by the job itself
+# one of input, input_table or input_query, and output or output_table: the job checks these
+REQUIRED: set = set()
 
 
 def option_actions():
