@@ -572,6 +572,8 @@ def run(argv: list[str] | None = None, bigquery_client=None):
             try:
                 if opts.output:
                     preflight.check_output_writable(opts.output)
+                for table in filter(None, (opts.output_table, opts.failures_table)):
+                    preflight.check_dataset_exists(table)
                 cfg = describe_config(options, api_base)
                 preflight.check_model_answers(
                     api_base, cfg.chat, cfg.api_key_env, cfg.api_key_secret, cfg.request_timeout

@@ -1,6 +1,8 @@
 """Checks a job makes before its graph is built, each failing with what to fix.
 
-- the output folder is writable (a probe file is created and deleted there);
+- the output folder is writable (a probe file is created and deleted there), and the datasets of
+  --output_table / --failures_table exist (BIGQUERY_EMULATOR_HOST points the check at an
+  emulator);
 - the model answers: one tiny request (an 8x8 image, ``max_tokens`` 1) through the job's own
   client, so a refused key, an unknown model or an unreachable ``--api_base`` stops the job at
   launch instead of failing every row on the workers. It costs one request; ``--skip_preflight``
@@ -94,3 +96,43 @@ def check_model_answers(
         f"the model did not answer a one-image test request: {result.error} "
         f"-> {fix} (or skip this check with --skip_preflight)"
     )
+
+
+def check_dataset_exists(table: str) -> None:
+    """The dataset of ``project:dataset.table`` must exist (tables are created, datasets not)."""
+    import os
+
+    from google.api_core import exceptions as gexc
+    from google.cloud import bigquery
+
+    project, _, rest = table.replace(":", ".", 1).partition(".")
+    dataset = rest.split(".", 1)[0]
+    kwargs = {}
+    emulator = os.environ.get("BIGQUERY_EMULATOR_HOST")
+    if emulator:
+        from google.auth.credentials import AnonymousCredentials
+
+        kwargs = {
+            "credentials": AnonymousCredentials(),
+            "client_options": {
+                "api_endpoint": emulator if "://" in emulator else f"http://{emulator}"
+            },
+        }
+    try:
+        bigquery.Client(project=project, **kwargs).get_dataset(f"{project}.{dataset}", timeout=30)
+    except gexc.NotFound:
+        raise PreflightError(
+            f"BigQuery dataset {project}:{dataset} does not exist: create it "
+            f"(bq mk --dataset {project}:{dataset}); tables are created by the "
+            "job, datasets are not"
+        ) from None
+    except gexc.Forbidden:
+        raise PreflightError(
+            f"no access to BigQuery dataset {project}:{dataset}: grant the "
+            "job's service account roles/bigquery.dataEditor on it"
+        ) from None
+    except Exception as exc:
+        raise PreflightError(
+            f"cannot check BigQuery dataset {project}:{dataset}: "
+            f"{type(exc).__name__}: {str(exc)[:200]}"
+        ) from None

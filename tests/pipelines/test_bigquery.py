@@ -17,6 +17,11 @@ from tests.support.bq import PROJECT, EmulatorBigQueryClient
 pytestmark = [pytest.mark.emulator]
 
 
+@pytest.fixture(autouse=True)
+def _emulator_for_preflight(bq_emulator, monkeypatch):
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", bq_emulator.url)
+
+
 @pytest.fixture
 def dataset(bq_emulator):
     client = bq_emulator.client()
@@ -154,3 +159,10 @@ def test_table_flags_are_checked(tmp_path):
                 "not a table",
             ]
         )
+
+
+def test_missing_dataset_stops_the_job_at_launch(bq_emulator):
+    with pytest.raises(SystemExit) as info:
+        run_to_bigquery(bq_emulator, None, f"{PROJECT}:no_such_dataset.descriptions")
+    assert "no_such_dataset does not exist" in str(info.value)
+    assert "bq mk --dataset" in str(info.value)
