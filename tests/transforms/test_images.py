@@ -4,12 +4,12 @@ catalogue of bad input, each ending in a clear ImageError."""
 import base64
 import hashlib
 import io
-import time
 
 import pytest
 from PIL import Image
 
 from tests.support import images as timg
+from tests.support.net import ImageHost
 from transforms.core import netguard
 from transforms.core.images import ImageError, ImageLoader, ImageOptions
 from transforms.core.local_endpoint import ChatEndpoint
@@ -127,34 +127,9 @@ def test_http_url_passes_through_by_url(loader):
     assert p.url == "https://images.example.com/cat.jpg" and p.sha256 is None
 
 
-def _image_server(files, host="127.0.0.1", seen_headers=None):
-    """Serve ``files`` (path -> (status, body[, headers])) over HTTP on a loopback address."""
-    import http.server
-    import threading
-
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            server.hits += 1
-            if seen_headers is not None:
-                seen_headers.append(dict(self.headers))
-            status, body, *extra = files.get(self.path, (404, b"nope"))
-            if status == "hang":
-                time.sleep(3)
-                status, body = 200, b""
-            self.send_response(status)
-            for name, value in (extra[0] if extra else {}).items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer((host, 0), H)
-    server.hits = 0
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://{host}:{server.server_address[1]}"
+def _image_server(files, host="127.0.0.1", seen_headers=None, **kw):
+    server = ImageHost(files, host=host, seen_headers=seen_headers, **kw)
+    return server, server.base
 
 
 def test_http_inline_fetch_and_its_failures():
@@ -186,7 +161,7 @@ def test_http_inline_fetch_and_its_failures():
             ), path
         assert "HTML" in _error(loader, base + "/page.jpg")
     finally:
-        server.shutdown()
+        server.close()
 
 
 def _error(loader, ref):
@@ -350,7 +325,7 @@ def test_loopback_fetch_is_refused_by_default():
             assert info.value.error_type == "blocked_address"
             assert "--allow_image_networks" in info.value.message
     finally:
-        server.shutdown()
+        server.close()
     assert server.hits == 0  # refused before connecting
 
 
@@ -367,8 +342,8 @@ def test_redirects_are_rechecked():
         wide = ImageLoader(ImageOptions(inline_http=True, allowed_networks=("127.0.0.0/8",)))
         assert wide.prepare(hop_base + "/r.jpg").mime == "image/jpeg"
     finally:
-        hop.shutdown()
-        target.shutdown()
+        hop.close()
+        target.close()
 
 
 def test_image_fetch_never_carries_the_api_key(monkeypatch):
@@ -382,12 +357,12 @@ def test_image_fetch_never_carries_the_api_key(monkeypatch):
         api_key_env="VE_SSRF_KEY",
         image=ImageOptions(inline_http=True, allowed_networks=("127.0.0.1/32",)),
     )
-    worker = di.acquire_worker(cfg)
+    worker, _ = di.acquire_worker(cfg)
     try:
         assert worker.loader.prepare(base + "/ok.jpg").mime == "image/jpeg"
     finally:
         di.release_worker(cfg)
-        server.shutdown()
+        server.close()
     assert seen and all("Authorization" not in h for h in seen)
 
 
@@ -407,14 +382,7 @@ def test_gcs_forbidden_object_says_which_role_to_grant():
             }
         }
     ).encode()
-    server, base = _image_server({})
-    server.RequestHandlerClass.do_GET = lambda self: (
-        self.send_response(403),
-        self.send_header("Content-Type", "application/json"),
-        self.send_header("Content-Length", str(len(body))),
-        self.end_headers(),
-        self.wfile.write(body),
-    )
+    server, base = _image_server({}, default=(403, body, {"Content-Type": "application/json"}))
     try:
         loader = ImageLoader(
             gcs_client=lambda: storage.Client(
@@ -426,7 +394,7 @@ def test_gcs_forbidden_object_says_which_role_to_grant():
         with pytest.raises(ImageError) as info:
             loader.prepare("gs://private-bucket/a.jpg")
     finally:
-        server.shutdown()
+        server.close()
     assert (info.value.stage, info.value.error_type, info.value.http_status) == (
         "read",
         "forbidden",

@@ -100,7 +100,11 @@ def analyse(data: bytes) -> dict:
 
 def describe(data: bytes) -> str:
     """One paragraph of plain facts about the image."""
-    f = analyse(data)
+    return describe_facts(analyse(data))
+
+
+def describe_facts(f: dict) -> str:
+    """The paragraph for facts already gathered by ``analyse``."""
     tone = (
         "very dark"
         if f["brightness"] < 0.2

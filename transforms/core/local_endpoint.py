@@ -121,8 +121,8 @@ def analyser_answer(body: dict) -> dict:
         data = image_bytes(part["url"])
         detail = part.get("detail") or "auto"
         try:
-            texts.append(image_analyzer.describe(data))
             facts = image_analyzer.analyse(data)
+            texts.append(image_analyzer.describe_facts(facts))
         except Exception as exc:
             raise BadRequest(f"the image could not be decoded: {exc}") from None
         image_tokens += tokens.openai_image_tokens(facts["width"], facts["height"], detail)

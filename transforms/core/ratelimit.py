@@ -51,11 +51,9 @@ class RateLimiter:
         """Settle an estimate: positive ``units`` were used beyond what was paid, negative
         ones were paid but not used (they come back, but never as a burst from the past)."""
         with self._lock:
-            self._next = (
-                max(self._clock(), self._next + units * self.interval)
-                if units < 0
-                else self._next + units * self.interval
-            )
+            self._next += units * self.interval
+            if units < 0:
+                self._next = max(self._clock(), self._next)
 
 
 class AdaptiveConcurrency:
