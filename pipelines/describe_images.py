@@ -12,6 +12,7 @@ every flag.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -26,15 +27,19 @@ from apache_beam.options.pipeline_options import (
     DirectOptions,
     PipelineOptions,
     StandardOptions,
+    TestOptions,
     WorkerOptions,
 )
 
 from pipelines import preflight
 from schemas import rows as schema
 from transforms import describe_images as di
-from transforms.core import images, netguard, secrets, vision_api
+from transforms.core import images, models, netguard, prompts, secrets, structured, vision_api
 from transforms.core.local_endpoint import ChatEndpoint
 from transforms.core.ratelimit import worker_share
+from transforms.estimate_requests import EstimateRequests
+from transforms.plan_requests import PlanRequests
+from transforms.read_existing_keys import ReadExistingKeys, check_existing_parquet
 from transforms.read_image_refs import ReadImageRefs, parquet_columns
 from transforms.read_image_refs_bigquery import ReadImageRefsFromBigQuery
 from transforms.write_bigquery import METHODS as WRITE_METHODS
@@ -285,10 +290,94 @@ class DescribeImagesOptions(PipelineOptions):
             default=0,
             help="Rows per batch handed to a worker; 0 = 4 x --max_concurrency. Default: 0.",
         )
+        add(
+            "--output_schema",
+            type=str,
+            default=None,
+            help="Ask for a structured answer and write its fields as typed columns: a compact "
+            "list like 'label STRING, count INT64, price FLOAT64, tags ARRAY<STRING>', an "
+            "inline JSON Schema, or a .json file (local or gs://) holding one. Sent as "
+            "response_format json_schema where the model supports it, as instructions in the "
+            "prompt where it does not. Default: none (free text).",
+        )
+        add(
+            "--prompt_template",
+            type=str,
+            default=None,
+            help="Build each row's prompt from its columns, e.g. 'Describe this product: {title} "
+            "({brand})'; literal braces are {{ }}. Replaces --prompt. Default: none.",
+        )
+        add(
+            "--prompt_column",
+            type=str,
+            default=None,
+            help="Take each row's whole prompt from this column. Replaces --prompt. Default: none.",
+        )
+        add(
+            "--max_prompt_chars",
+            type=int,
+            default=20000,
+            help="Prompts built from columns longer than this go to failures. Default: 20000.",
+        )
+        add(
+            "--skip_existing",
+            type=str,
+            default=None,
+            help="Results already written here are not asked for again: a folder (its "
+            "descriptions-*.parquet) or glob of this job's Parquet output, or a BigQuery table "
+            "(project:dataset.table) it wrote. A row is skipped when a result with the same "
+            "image_id, image_uri and request_key (model, prompt, schema, parameters) exists; "
+            "failures are retried. May name --output or --output_table itself: new rows are "
+            "added next to the old. Default: none.",
+        )
+        add(
+            "--max_images",
+            type=int,
+            default=0,
+            help="Send at most this many requests (split across worker processes like "
+            "--requests_per_minute); the rest go to failures as 'not sent: budget reached'. "
+            "0 = no limit. Default: 0.",
+        )
+        add(
+            "--max_cost",
+            type=float,
+            default=0,
+            help="Stop sending before the estimated spend in US dollars (price table) would "
+            "pass this; split like --max_images. 0 = no limit. Default: 0.",
+        )
+        add(
+            "--price_table",
+            type=str,
+            default=None,
+            help="Prices overriding the built-in list prices, USD per 1M tokens, as JSON or a "
+            'JSON file: {"gpt-4o": {"input": 2.5, "output": 10}}. Default: none.',
+        )
 
 
 class OptionsError(ValueError):
     """A flag or the environment is wrong; the message says what to do."""
+
+
+@dataclasses.dataclass
+class Derived:
+    """What ``validate`` works out from the flags (pipeline options cannot hold it)."""
+
+    dry_run: bool = False
+    output_schema: str | None = None  # the schema's text, read from its file when it names one
+    prices: dict = dataclasses.field(default_factory=dict)  # --price_table
+    existing_table: str | None = None  # --skip_existing, when it names a BigQuery table
+    existing_pattern: str | None = None  # --skip_existing's Parquet files, when there are any
+    output_name: str = "descriptions"  # file prefix: run-stamped when appending to --output
+
+
+def derived(options: PipelineOptions) -> Derived:
+    """The ``Derived`` of validated options; for options never validated (tests that build the
+    graph directly), the defaults plus the inline --output_schema."""
+    found = getattr(options, "_vision_enrich", None)
+    if found is None:
+        schema = options.view_as(DescribeImagesOptions).output_schema
+        found = Derived(output_schema=schema)
+    return found
 
 
 def _worker_processes(options: PipelineOptions) -> int:
@@ -308,6 +397,15 @@ def _worker_processes(options: PipelineOptions) -> int:
 def validate(options: PipelineOptions) -> DescribeImagesOptions:
     """Check flags and environment before the graph is built; fill in derived values."""
     opts = options.view_as(DescribeImagesOptions)
+    d = Derived()
+    # --dry_run is Beam's own flag (TestOptions: "do not submit the job"), taken over here to mean
+    # "send nothing"; Beam keeps it as a string, so --dry_run=false would be true to Beam
+    try:
+        d.dry_run = _flag(str(options.view_as(TestOptions).dry_run or False))
+    except argparse.ArgumentTypeError as exc:
+        raise OptionsError(f"--dry_run: {exc}") from None
+    for holder in (options, opts):
+        object.__setattr__(holder, "_vision_enrich", d)
     sources = [f for f in ("input", "input_table", "input_query") if getattr(opts, f)]
     if len(sources) != 1:
         raise OptionsError(
@@ -318,7 +416,7 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
         raise OptionsError(
             f"--input_table {opts.input_table!r} must look like project:dataset.table"
         )
-    if not opts.output and not opts.output_table:
+    if not opts.output and not opts.output_table and not d.dry_run:
         raise OptionsError(
             "--output is required: a folder, local or gs:// (or give --output_table for BigQuery)"
         )
@@ -335,11 +433,12 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
         raise OptionsError("--max_retries and the per-minute budgets must be >= 0")
     if opts.request_timeout <= 0 or opts.stop_after_account_errors < 1:
         raise OptionsError("--request_timeout must be > 0, --stop_after_account_errors >= 1")
+    _validate_question(opts, d)
     try:
         netguard.parse_networks(opts.allow_image_networks)
     except ValueError as exc:
         raise OptionsError(f"--allow_image_networks: {exc}") from None
-    if opts.api_base != LOCAL:
+    if opts.api_base != LOCAL and not d.dry_run:
         if not opts.api_base.startswith(("http://", "https://")):
             raise OptionsError(f"--api_base {opts.api_base!r} must be an http(s) URL or 'local'")
         if opts.api_key_secret:
@@ -353,7 +452,14 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
                 "with --api_key_env), give a Secret Manager version with --api_key_secret, or run "
                 "offline with --api_base local"
             )
-    FileSystems.set_options(options)  # so the gs:// check below uses the job's credentials
+    FileSystems.set_options(options)  # so the gs:// checks below use the job's credentials
+    _validate_skip_existing(opts, d)
+    if opts.output_schema:
+        d.output_schema = _read_schema_text(opts.output_schema)
+        try:
+            structured.parse_output_schema(d.output_schema, di.RESERVED_COLUMNS)
+        except structured.SchemaError as exc:
+            raise OptionsError(f"--output_schema: {exc}") from None
     if not opts.input:
         # BigQuery input: its columns are checked when the job reads it
         if opts.id_column is None:
@@ -373,11 +479,96 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
         raise OptionsError(
             f"--id_column {opts.id_column!r} is not in the input; its columns are {columns}"
         )
+    missing = [c for c in _template(opts).columns if c not in columns] if _template(opts) else []
+    if missing:
+        raise OptionsError(
+            f"the prompt uses column(s) {missing} that are not in the input; its columns are "
+            f"{columns}"
+        )
     return opts
+
+
+def _template(opts: DescribeImagesOptions) -> prompts.PromptTemplate | None:
+    text = opts.prompt_template
+    if opts.prompt_column:
+        text = "{" + opts.prompt_column + "}"
+    return prompts.PromptTemplate(text, opts.max_prompt_chars) if text else None
+
+
+def _validate_question(opts: DescribeImagesOptions, d: Derived) -> None:
+    """Model, prompt source, output schema, budgets and prices."""
+    if opts.prompt_template and opts.prompt_column:
+        raise OptionsError("give --prompt_template or --prompt_column, not both")
+    if opts.max_prompt_chars < 1:
+        raise OptionsError("--max_prompt_chars must be at least 1")
+    try:
+        _template(opts)
+    except ValueError as exc:
+        raise OptionsError(f"--prompt_template: {exc}") from None
+    spec = models.spec_for(opts.model)
+    if not spec.known:
+        _LOGGER.warning(
+            "--model %r is not in the catalogue (%s): it gets OpenAI-style requests and the "
+            "OpenAI tile formula for estimates",
+            opts.model,
+            ", ".join(sorted(models.CATALOGUE)),
+        )
+    if spec.moderation and opts.output_schema:
+        raise OptionsError(
+            f"{opts.model} is a moderation model: its answer (safe / unsafe + categories) "
+            "becomes the is_safe and categories columns; drop --output_schema"
+        )
+    if opts.max_images < 0 or opts.max_cost < 0:
+        raise OptionsError("--max_images and --max_cost must be >= 0 (0 = no limit)")
+    if opts.price_table:
+        try:
+            d.prices = models.parse_price_table(_read_text(opts.price_table))
+        except (ValueError, OSError) as exc:
+            raise OptionsError(f"--price_table: {exc}") from None
+
+
+def _read_text(value: str) -> str:
+    """``value`` itself when it is inline JSON, else the content of the file it names."""
+    if value.lstrip().startswith("{"):
+        return value
+    try:
+        with FileSystems.open(value) as f:
+            return f.read().decode("utf-8")
+    except Exception as exc:
+        raise OSError(f"cannot read {value!r}: {exc}") from None
+
+
+def _read_schema_text(value: str) -> str:
+    text = value.strip()
+    if text.startswith("{") or not (text.endswith(".json") or text.startswith("gs://")):
+        return text  # inline JSON Schema or the compact 'name TYPE, ...' form
+    try:
+        return _read_text(text)
+    except OSError as exc:
+        raise OptionsError(f"--output_schema: {exc}") from None
+
+
+def _validate_skip_existing(opts: DescribeImagesOptions, d: Derived) -> None:
+    where = opts.skip_existing
+    if not where:
+        return
+    if TABLE_SPEC.match(where) and "/" not in where:
+        d.existing_table = where
+        return
+    try:
+        d.existing_pattern = check_existing_parquet(where)
+    except ValueError as exc:
+        raise OptionsError(str(exc)) from None
+    if d.existing_pattern is None:
+        _LOGGER.warning("--skip_existing %s holds no results yet: every row is new", where)
+    if opts.output and opts.output.rstrip("/") == where.rstrip("/"):
+        # the old files stay: this run's get names of their own instead of replacing them
+        d.output_name = "descriptions-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
 def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfig:
     opts = options.view_as(DescribeImagesOptions)
+    d = derived(options)
     local = opts.api_base == LOCAL
     return di.DescribeConfig(
         api_base=api_base,
@@ -406,33 +597,58 @@ def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfi
         tokens_per_minute=worker_share(opts.tokens_per_minute, _worker_processes(options)),
         stop_after_account_errors=opts.stop_after_account_errors,
         batch_size=opts.batch_size,
+        output_schema=d.output_schema,
+        prompt_template=_template(opts).text if _template(opts) else None,
+        max_prompt_chars=opts.max_prompt_chars,
+        max_images=worker_count_share(opts.max_images, _worker_processes(options)),
+        max_cost=worker_share(opts.max_cost, _worker_processes(options)),
+        price_table=tuple((m, i, o) for m, (i, o) in sorted(d.prices.items())),
     )
+
+
+def worker_count_share(total: int, workers: int) -> int:
+    """A whole-number share of a count budget (at least 1 when there is a budget)."""
+    return max(1, total // workers) if total else 0
 
 
 def build_pipeline(p: beam.Pipeline, options: PipelineOptions, api_base: str, bigquery_client=None):
-    """Wire the job; returns (descriptions, failures) PCollections.
+    """Wire the job; returns the descriptions, failures and skipped PCollections (with --dry_run:
+    the per-request estimates, and two empty ones).
 
-    ``bigquery_client`` is passed to WriteToBigQuery's ``test_client`` (tests use an emulator).
+    ``bigquery_client`` is passed to WriteToBigQuery's ``test_client`` (tests use an emulator);
+    its ``gcp_client`` method, when it has one, reads the --skip_existing table.
     """
     opts = options.view_as(DescribeImagesOptions)
+    d = derived(options)
     cfg = describe_config(options, api_base)
-    outputs = (
-        p
-        | "ReadImageRefs"
-        >> (
-            ReadImageRefs(opts.input, opts.image_column, opts.id_column or None)
-            if opts.input
-            else ReadImageRefsFromBigQuery(
-                opts.input_table, opts.input_query, opts.image_column, opts.id_column or None
-            )
+    template = _template(opts)
+    columns = template.columns if template else ()
+    refs = p | "ReadImageRefs" >> (
+        ReadImageRefs(opts.input, opts.image_column, opts.id_column or None, columns)
+        if opts.input
+        else ReadImageRefsFromBigQuery(
+            opts.input_table, opts.input_query, opts.image_column, opts.id_column or None, columns
         )
-        | "DescribeImages" >> di.DescribeImages(cfg)
     )
-    descriptions, failures = outputs[di.DESCRIPTIONS], outputs[di.FAILURES]
+    existing = None
+    if d.existing_table or d.existing_pattern:
+        existing = p | "ReadExistingKeys" >> ReadExistingKeys(
+            d.existing_table or d.existing_pattern,
+            table=bool(d.existing_table),
+            client_factory=getattr(bigquery_client, "gcp_client", None),
+        )
+    requests, unplanned, skipped = refs | "PlanRequests" >> PlanRequests(cfg, existing)
+    if d.dry_run:
+        estimates = requests | "EstimateRequests" >> EstimateRequests(cfg)
+        return estimates, unplanned, skipped
+    outputs = requests | "DescribeImages" >> di.DescribeImages(cfg)
+    descriptions = outputs[di.DESCRIPTIONS]
+    failures = (unplanned, outputs[di.FAILURES]) | "JobFailures" >> beam.Flatten()
+    fields = schema.description_fields(di.extra_fields(cfg))
     if opts.output_table:
         refused = descriptions | "WriteDescriptionsToBigQuery" >> WriteRowsToBigQuery(
             opts.output_table,
-            schema.DESCRIPTION_FIELDS,
+            fields,
             method=opts.bigquery_method,
             partition_field="processed_at",
             cluster_fields=["model"],
@@ -453,10 +669,14 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions, api_base: str, bi
         _ = refused_failures | "ReportRefusedFailures" >> beam.Map(_report_refused_failure)
     if opts.output:
         _ = descriptions | "WriteDescriptions" >> WriteRows(
-            opts.output, "descriptions", schema.DESCRIPTIONS_SCHEMA
+            opts.output, d.output_name, schema.to_pyarrow(fields)
         )
-        _ = failures | "WriteFailures" >> WriteRows(opts.output, "failures", schema.FAILURES_SCHEMA)
-    return descriptions, failures
+        _ = failures | "WriteFailures" >> WriteRows(
+            opts.output,
+            d.output_name.replace("descriptions", "failures"),
+            schema.FAILURES_SCHEMA,
+        )
+    return descriptions, failures, skipped
 
 
 def _refused_failure_row(refused, cfg: di.DescribeConfig) -> dict:
@@ -514,20 +734,74 @@ def format_summary(totals: dict[str, float], opts: DescribeImagesOptions) -> str
         f"  requests    {int(totals.get('requests', 0))} "
         f"({int(totals.get('retries', 0))} retries, {int(totals.get('http_429', 0))} "
         "answered 429)",
-        f"  tokens      {int(totals.get('prompt_tokens', 0))} prompt + "
-        f"{int(totals.get('completion_tokens', 0))} completion",
+        f"  sent        {int(totals.get('images_sent', 0))} images for {described + failed} "
+        f"rows ({int(totals.get('rows_sharing_a_request', 0))} rows shared a request with the "
+        f"same reference, {int(totals.get('rows_reusing_an_answer', 0))} reused the answer to "
+        "identical bytes)",
+        f"  tokens      {int(totals.get('prompt_tokens', 0))} prompt (estimated "
+        f"{int(totals.get('estimated_prompt_tokens', 0))}) + "
+        f"{int(totals.get('completion_tokens', 0))} completion, from the usage blocks",
+        f"  cost        ${totals.get('cost_microdollars', 0) / 1e6:.4f} at {_price_source(opts)} "
+        f"(estimated ${totals.get('estimated_cost_microdollars', 0) / 1e6:.4f} before sending, "
+        "completion at --max_tokens)",
         f"  elapsed     {elapsed:.1f} s",
         f"  throttled   {int(totals.get('cumulativeThrottlingSeconds', 0))} s waiting on the "
         "rate budget or the provider's 429s",
         f"  throughput  {(described + failed) / max(elapsed, 1e-9):.2f} images/s",
         *[f"  output      {where}" for where in _outputs(opts)],
     ]
+    skipped = int(totals.get("rows_skipped_existing", 0))
+    if opts.skip_existing:
+        lines.append(f"  skipped     {skipped} rows already described in {opts.skip_existing}")
+    over = int(totals.get("rows_over_budget", 0))
+    if over:
+        lines.append(
+            f"  BUDGET      {over} rows were not sent: budget reached (--max_images / "
+            "--max_cost); they are in the failures output, rerun with --skip_existing to go on"
+        )
     not_sent = int(totals.get("rows_not_sent", 0))
     if not_sent:
         lines.append(
             f"  STOPPED     {not_sent} rows were not sent: the API refused the account "
             "(401/402/403); see failures-*.parquet for the reason, fix it, rerun the failures"
         )
+    return "\n".join(lines)
+
+
+def _price_source(opts: DescribeImagesOptions) -> str:
+    table = derived(opts).prices
+    prices = models.prices(models.spec_for(opts.model), table)
+    where = "--price_table" if opts.model in table else "list"
+    return f"{where} prices (${prices[0]:g} / ${prices[1]:g} per 1M input / output tokens)"
+
+
+def format_dry_run(totals: dict[str, float], opts: DescribeImagesOptions) -> str:
+    """What the run would send and cost, from the ``EstimateRequests`` counters."""
+    spec = models.spec_for(opts.model)
+    prices = models.prices(spec, derived(opts).prices)
+    image_t = int(totals.get("estimated_image_tokens", 0))
+    text_t = int(totals.get("estimated_text_tokens", 0))
+    bound = int(totals.get("estimated_completion_tokens", 0))
+    prompt_cost = models.cost(prices, image_t + text_t, 0)
+    lines = [
+        f"vision-enrich dry run: nothing was sent ({opts.model}, {spec.family} family"
+        + ("" if spec.known else ", not in the catalogue: OpenAI formula")
+        + ")",
+        f"  rows        {int(totals.get('dry_run_rows', 0))} planned, "
+        f"{int(totals.get('rows_skipped_existing', 0))} skipped as already described, "
+        f"{int(totals.get('images_failed', 0))} with a prompt that cannot be built",
+        f"  requests    {int(totals.get('dry_run_requests', 0))} "
+        f"({int(totals.get('rows_sharing_a_request', 0))} rows share a reference, "
+        f"{int(totals.get('dry_run_same_bytes', 0))} rows identical bytes; "
+        f"{int(totals.get('dry_run_unreadable', 0))} rows unreadable, would fail; "
+        f"{int(totals.get('dry_run_unknown_size', 0))} images by URL, size unknown)",
+        f"  tokens      {image_t} image + {text_t} text prompt tokens (estimated), "
+        f"completion up to {bound}",
+        f"  cost        ${prompt_cost:.4f} for the prompts, up to "
+        f"${models.cost(prices, image_t + text_t, bound):.4f} with every completion at "
+        f"--max_tokens; {_price_source(opts)}",
+        f"  elapsed     {totals['elapsed_s']:.1f} s",
+    ]
     return "\n".join(lines)
 
 
@@ -560,7 +834,9 @@ def run(argv: list[str] | None = None, bigquery_client=None):
         opts = validate(options)
     except OptionsError as exc:
         raise SystemExit(f"describe_images: {exc}") from None
-    endpoint = ChatEndpoint().start() if opts.api_base == LOCAL else None
+    dry_run = derived(opts).dry_run
+    local = opts.api_base == LOCAL and not dry_run
+    endpoint = ChatEndpoint().start() if local else None
     try:
         if endpoint is not None:
             _LOGGER.info(
@@ -568,7 +844,7 @@ def run(argv: list[str] | None = None, bigquery_client=None):
                 endpoint.base_url,
             )
         api_base = endpoint.base_url if endpoint else opts.api_base
-        if not opts.skip_preflight:
+        if not opts.skip_preflight and not dry_run:
             try:
                 if opts.output:
                     preflight.check_output_writable(opts.output)
@@ -580,13 +856,18 @@ def run(argv: list[str] | None = None, bigquery_client=None):
                 )
             except preflight.PreflightError as exc:
                 raise SystemExit(f"describe_images: preflight: {exc}") from None
+        if dry_run:
+            # it sends and writes nothing, so it runs here, whatever --runner says (on Dataflow,
+            # Beam's --dry_run would not even submit the job)
+            options.view_as(StandardOptions).runner = "FnApiRunner"
         started = time.monotonic()
         p = beam.Pipeline(options=options)
         build_pipeline(p, options, api_base, bigquery_client)
         result = p.run()
         result.wait_until_finish()
         totals = summarize(result, time.monotonic() - started)
-        print(format_summary(totals, opts), flush=True)
+        report = format_dry_run if dry_run else format_summary
+        print(report(totals, opts), flush=True)
         return result
     finally:
         if endpoint is not None:

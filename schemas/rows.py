@@ -23,6 +23,7 @@ class Field:
     type: str  # one of TYPES
     nullable: bool
     description: str
+    repeated: bool = False  # an ARRAY of ``type``: a pyarrow list, BigQuery mode REPEATED
 
 
 # logical type -> (pyarrow type, BigQuery type, Python type used in rows)
@@ -40,6 +41,20 @@ DESCRIPTION_FIELDS: tuple[Field, ...] = (
     Field("description", "STRING", False, "The model's answer."),
     Field("model", "STRING", False, "Model id as the API reported it."),
     Field("requested_model", "STRING", False, "Model id the job asked for (--model)."),
+    Field(
+        "request_key",
+        "STRING",
+        False,
+        "Hash of what was asked (model, prompt, output schema, parameters); with image_id and "
+        "image_uri it is the key --skip_existing matches.",
+    ),
+    Field(
+        "billed",
+        "BOOL",
+        False,
+        "False when the answer was reused from an identical image of the same run: its tokens "
+        "were paid once, on the row where billed is true. SUM tokens WHERE billed for the bill.",
+    ),
     Field("prompt_tokens", "INT64", True, "usage.prompt_tokens of the response (billing truth)."),
     Field("completion_tokens", "INT64", True, "usage.completion_tokens of the response."),
     Field("total_tokens", "INT64", True, "usage.total_tokens of the response."),
@@ -72,8 +87,19 @@ FAILURE_FIELDS: tuple[Field, ...] = (
 )
 
 
+def _arrow_type(f: Field) -> pa.DataType:
+    return pa.list_(TYPES[f.type][0]) if f.repeated else TYPES[f.type][0]
+
+
 def to_pyarrow(fields: Iterable[Field]) -> pa.Schema:
-    return pa.schema([pa.field(f.name, TYPES[f.type][0], nullable=f.nullable) for f in fields])
+    return pa.schema([pa.field(f.name, _arrow_type(f), nullable=f.nullable) for f in fields])
+
+
+def _bigquery_mode(f: Field) -> str:
+    # BigQuery has no nullable array: a null list is written as an empty one
+    if f.repeated:
+        return "REPEATED"
+    return "NULLABLE" if f.nullable else "REQUIRED"
 
 
 def to_bigquery(fields: Iterable[Field]) -> dict[str, Any]:
@@ -83,7 +109,7 @@ def to_bigquery(fields: Iterable[Field]) -> dict[str, Any]:
             {
                 "name": f.name,
                 "type": TYPES[f.type][1],
-                "mode": "NULLABLE" if f.nullable else "REQUIRED",
+                "mode": _bigquery_mode(f),
                 "description": f.description,
             }
             for f in fields
@@ -104,8 +130,16 @@ def check_row(fields: Iterable[Field], row: Mapping[str, Any]) -> None:
                 raise ValueError(f"column {f.name} is required but null")
             continue
         expected = TYPES[f.type][2]
-        if expected is int and isinstance(value, bool) or not isinstance(value, expected):
-            raise ValueError(f"column {f.name} should be {f.type}, got {type(value).__name__}")
+        if f.repeated:
+            if not isinstance(value, list):
+                raise ValueError(f"column {f.name} should be a list, got {type(value).__name__}")
+            values = value
+        else:
+            values = [value]
+        for item in values:
+            if expected is int and isinstance(item, bool) or not isinstance(item, expected):
+                kind = f"ARRAY<{f.type}> item" if f.repeated else f.type
+                raise ValueError(f"column {f.name} should be {kind}, got {type(item).__name__}")
 
 
 def to_beam_fields(fields: Iterable[Field]) -> list[tuple[str, Any]]:
@@ -118,7 +152,23 @@ def to_beam_fields(fields: Iterable[Field]) -> list[tuple[str, Any]]:
     python = {**{k: v[2] for k, v in TYPES.items()}, "TIMESTAMP": Timestamp}
     # typing.Optional rather than X | None: that is the form Beam maps to a nullable field
     optional = typing.Optional
-    return [(f.name, optional[python[f.type]] if f.nullable else python[f.type]) for f in fields]
+
+    def beam_type(f: Field):
+        inner = typing.Sequence[python[f.type]] if f.repeated else python[f.type]
+        return optional[inner] if f.nullable else inner
+
+    return [(f.name, beam_type(f)) for f in fields]
+
+
+def description_fields(extra: Iterable[Field] = ()) -> tuple[Field, ...]:
+    """The description row's columns plus ``extra`` ones: the typed fields of a structured answer
+    (``--output_schema``) or a moderation model's verdict. Both output schemas derive from this."""
+    extra = tuple(extra)
+    taken = {f.name.lower() for f in DESCRIPTION_FIELDS}
+    clash = [f.name for f in extra if f.name.lower() in taken]
+    if clash:
+        raise ValueError(f"columns {clash} clash with built-in description columns")
+    return DESCRIPTION_FIELDS + extra
 
 
 DESCRIPTIONS_SCHEMA = to_pyarrow(DESCRIPTION_FIELDS)

@@ -36,17 +36,32 @@ def parquet_columns(file_pattern: str) -> list[str]:
     return list(schema.names)
 
 
-def to_ref(row: dict[str, Any], image_column: str, id_column: str | None) -> dict[str, Any]:
+def to_ref(
+    row: dict[str, Any],
+    image_column: str,
+    id_column: str | None,
+    value_columns: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """``{'image_id', 'image_uri'}``, plus ``'values'`` (the columns a prompt template uses, as
+    read: validating them is the template's job, so a bad value becomes a failure row)."""
     uri = row.get(image_column)
     if isinstance(uri, (bytes, bytearray)):
         uri = bytes(uri).decode("utf-8", errors="replace")
     image_id = row.get(id_column) if id_column else None
     if image_id is None:
         image_id = uri
-    return {
+    ref = {
         "image_id": None if image_id is None else str(image_id),
         "image_uri": None if uri is None else str(uri),
     }
+    if value_columns:
+        ref["values"] = {c: row.get(c) for c in value_columns}
+    return ref
+
+
+def read_columns(image_column: str, id_column: str | None, value_columns=()) -> list[str]:
+    columns = [image_column] + ([id_column] if id_column else [])
+    return columns + [c for c in value_columns if c not in columns]
 
 
 class ReadImageRefs(beam.PTransform):
@@ -55,17 +70,19 @@ class ReadImageRefs(beam.PTransform):
         file_pattern: str,
         image_column: str = "image_uri",
         id_column: str | None = "image_id",
+        value_columns: tuple[str, ...] = (),
         label: str | None = None,
     ):
         super().__init__(label)
         self._pattern = file_pattern
         self._image_column = image_column
         self._id_column = id_column
+        self._values = tuple(value_columns)
 
     def expand(self, pbegin):
-        columns = [self._image_column] + ([self._id_column] if self._id_column else [])
+        columns = read_columns(self._image_column, self._id_column, self._values)
         return (
             pbegin
             | "ReadParquet" >> beam.io.ReadFromParquet(self._pattern, columns=columns)
-            | "ToImageRefs" >> beam.Map(to_ref, self._image_column, self._id_column)
+            | "ToImageRefs" >> beam.Map(to_ref, self._image_column, self._id_column, self._values)
         )

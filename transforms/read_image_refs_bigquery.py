@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from transforms.read_image_refs import to_ref
+from transforms.read_image_refs import read_columns, to_ref
 
 
 class ReadImageRefsFromBigQuery(beam.PTransform):
@@ -20,6 +20,7 @@ class ReadImageRefsFromBigQuery(beam.PTransform):
         query: str | None = None,
         image_column: str = "image_uri",
         id_column: str | None = "image_id",
+        value_columns: tuple[str, ...] = (),
         label: str | None = None,
     ):
         super().__init__(label)
@@ -27,9 +28,10 @@ class ReadImageRefsFromBigQuery(beam.PTransform):
             raise ValueError("give exactly one of table and query")
         self._table, self._query = table, query
         self._image_column, self._id_column = image_column, id_column
+        self._values = tuple(value_columns)
 
     def expand(self, pbegin):
-        columns = [self._image_column] + ([self._id_column] if self._id_column else [])
+        columns = read_columns(self._image_column, self._id_column, self._values)
         if self._table:
             read = beam.io.ReadFromBigQuery(
                 table=self._table,
@@ -41,5 +43,5 @@ class ReadImageRefsFromBigQuery(beam.PTransform):
         return (
             pbegin
             | "ReadBigQuery" >> read
-            | "ToImageRefs" >> beam.Map(to_ref, self._image_column, self._id_column)
+            | "ToImageRefs" >> beam.Map(to_ref, self._image_column, self._id_column, self._values)
         )

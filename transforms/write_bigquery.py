@@ -23,9 +23,14 @@ from schemas import rows as schema
 METHODS = ("FILE_LOADS", "STREAMING_INSERTS", "STORAGE_WRITE_API")
 
 
-def to_bigquery_row(row: dict[str, Any]) -> dict[str, Any]:
-    """JSON-safe values: timestamps as RFC 3339 strings (BigQuery reads them as TIMESTAMP)."""
-    return {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in row.items()}
+def to_bigquery_row(row: dict[str, Any], repeated: Sequence[str] = ()) -> dict[str, Any]:
+    """JSON-safe values: timestamps as RFC 3339 strings (BigQuery reads them as TIMESTAMP); a null
+    in a REPEATED column becomes [] (BigQuery has no null arrays)."""
+    out = {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in row.items()}
+    for name in repeated:
+        if out.get(name) is None:
+            out[name] = []
+    return out
 
 
 class WriteRowsToBigQuery(beam.PTransform):
@@ -67,7 +72,8 @@ class WriteRowsToBigQuery(beam.PTransform):
         )
         result = (
             checked.valid
-            | "ToBigQueryRows" >> beam.Map(to_bigquery_row)
+            | "ToBigQueryRows"
+            >> beam.Map(to_bigquery_row, [f.name for f in self._fields if f.repeated])
             | "WriteToBigQuery"
             >> beam.io.WriteToBigQuery(
                 table=self._table,

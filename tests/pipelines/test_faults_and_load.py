@@ -97,7 +97,8 @@ def test_faults_at_scale_lose_and_duplicate_nothing(tmp_path, run_job, caplog, c
 @pytest.mark.slow
 def test_bundle_retry_leaves_no_duplicate_rows(tmp_path, run_job, monkeypatch):
     """The worker dies mid-bundle after emitting rows; Beam's BundleBasedDirectRunner retries the
-    bundle. The committed output holds every row once."""
+    bundle. The committed output holds every row once, and the retried rows are not paid for
+    again: the process's ledger still holds their answers."""
     source, digests = write_input(tmp_path, 90)
     state = {"emitted": 0, "died": False}
     emit = di.DescribeImagesFn._emit
@@ -114,9 +115,11 @@ def test_bundle_retry_leaves_no_duplicate_rows(tmp_path, run_job, monkeypatch):
     with RecordingApi() as api:
         run_job(api, source, out, "--runner", "BundleBasedDirectRunner", "--max_concurrency", 4)
     assert state["died"]
-    ids = read_output(out, "descriptions").column("image_id").to_pylist()
-    assert sorted(ids) == sorted(digests)  # once each, though some were described twice
-    assert api.endpoint.requests > 90  # the retried bundle really re-ran
+    table = read_output(out, "descriptions")
+    assert sorted(table.column("image_id").to_pylist()) == sorted(digests)  # once each
+    assert state["emitted"] > 90  # the retried bundle really re-ran its rows
+    assert api.endpoint.requests == 90  # ... from the ledger, without paying again
+    assert all(table.column("billed").to_pylist())  # each row's request is its own
 
 
 @pytest.mark.slow

@@ -104,3 +104,31 @@ def test_beam_schema_agrees_with_pyarrow(fields):
                 "TIMESTAMP": Timestamp,
             }[next(f.type for f in fields if f.name == name)]
         )
+
+
+def test_repeated_columns_in_every_derived_schema():
+    extra = (
+        rows.Field("tags", "STRING", True, "labels", repeated=True),
+        rows.Field("count", "INT64", True, "how many"),
+    )
+    fields = rows.description_fields(extra)
+    assert fields[: len(rows.DESCRIPTION_FIELDS)] == rows.DESCRIPTION_FIELDS
+    arrow = rows.to_pyarrow(fields)
+    assert arrow.field("tags").type == pa.list_(pa.string())
+    bq = {f["name"]: f for f in rows.to_bigquery(fields)["fields"]}
+    assert bq["tags"]["mode"] == "REPEATED" and bq["tags"]["type"] == "STRING"
+    assert bq["count"]["mode"] == "NULLABLE"
+    with pytest.raises(ValueError, match="ARRAY<STRING> item"):
+        rows.check_row(extra, {"tags": ["a", 1], "count": None})
+    with pytest.raises(ValueError, match="list"):
+        rows.check_row(extra, {"tags": "a", "count": 2})
+    rows.check_row(extra, {"tags": ["a", "b"], "count": 2})
+    rows.check_row(extra, {"tags": None, "count": None})
+    with pytest.raises(ValueError, match="clash"):
+        rows.description_fields((rows.Field("Model", "STRING", True, "x"),))
+
+
+def test_null_array_becomes_empty_for_bigquery():
+    from transforms.write_bigquery import to_bigquery_row
+
+    assert to_bigquery_row({"tags": None, "n": None}, ["tags"]) == {"tags": [], "n": None}

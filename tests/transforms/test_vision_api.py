@@ -21,9 +21,12 @@ DATA_URL = "data:image/png;base64,iVBORw0KGgo="
 # -- request building ------------------------------------------------------------------------
 @pytest.mark.parametrize("detail", ["auto", "low", "high"])
 @pytest.mark.parametrize("system_prompt", [None, "Answer in one sentence."])
-def test_request_validates_against_official_schema(detail, system_prompt):
+@pytest.mark.parametrize(
+    "model,takes_detail", [("claude-3-5-sonnet-20241022", False), ("gpt-4o", True)]
+)
+def test_request_validates_against_official_schema(detail, system_prompt, model, takes_detail):
     cfg = v.ChatConfig(
-        model="claude-3-5-sonnet-20241022",
+        model=model,
         prompt="Describe it.",
         system_prompt=system_prompt,
         max_tokens=123,
@@ -35,8 +38,9 @@ def test_request_validates_against_official_schema(detail, system_prompt):
     assert user["role"] == "user"
     assert user["content"][0] == {"type": "text", "text": "Describe it."}
     assert user["content"][1]["image_url"]["url"] == DATA_URL
-    assert body["max_tokens"] == 123 and body["model"] == "claude-3-5-sonnet-20241022"
-    assert ("detail" in user["content"][1]["image_url"]) == (detail != "auto")
+    assert body["max_tokens"] == 123 and body["model"] == model
+    # detail only where the model's family takes it (Anthropic's does not), and never 'auto'
+    assert ("detail" in user["content"][1]["image_url"]) == (takes_detail and detail != "auto")
     assert (body["messages"][0]["role"] == "system") == bool(system_prompt)
 
 

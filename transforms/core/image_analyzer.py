@@ -131,3 +131,46 @@ def describe_facts(f: dict) -> str:
     if f["camera"]:
         text += f" Camera: {f['camera']}."
     return text
+
+
+def fill_schema(f: dict, schema: dict) -> dict:
+    """A JSON object for ``schema`` (flat properties, as ``--output_schema`` makes them) filled
+    with facts whose names fit the property names (width, height, colours, orientation, format,
+    brightness, sharpness, camera, taken; any other text field gets the description). Values it
+    has no fact for are null where the schema allows it, else the type's zero."""
+    facts = {
+        "width": f["width"],
+        "height": f["height"],
+        "orientation": f["orientation"],
+        "format": f["format"],
+        "brightness": round(f["brightness"], 4),
+        "sharpness": round(f["sharpness"], 4),
+        "camera": f["camera"],
+        "taken": f["taken"],
+    }
+    colours = [name for name, _ in f["colours"]]
+    out = {}
+    for name, prop in (schema.get("properties") or {}).items():
+        types = prop.get("type")
+        types = [types] if isinstance(types, str) else list(types or ["string"])
+        kind = next((t for t in types if t != "null"), "string")
+        lower = name.lower()
+        value = next((v for k, v in facts.items() if k in lower), None)
+        if "colo" in lower:
+            value = colours if kind == "array" else colours[0] if colours else None
+        elif value is None and kind == "string":
+            value = describe_facts(f)
+        if kind == "integer" and isinstance(value, float):
+            value = round(value)
+        if kind == "number" and isinstance(value, int):
+            value = float(value)
+        if value is not None and kind == "string" and not isinstance(value, str):
+            value = str(value)
+        if "enum" in prop:
+            value = value if value in prop["enum"] else prop["enum"][0]
+        if value is None and "null" not in types:
+            value = {"string": "", "integer": 0, "number": 0.0, "boolean": False, "array": []}.get(
+                kind
+            )
+        out[name] = value
+    return out

@@ -73,6 +73,8 @@ class ImageOptions:
     http_timeout: float = 30.0
     allowed_networks: tuple[str, ...] = ()  # private networks inline fetches may reach
     jpeg_quality: int = 90
+    # formats the model takes as they are (Gemini takes no GIF); others are converted
+    send_formats: tuple[str, ...] = tuple(SENDABLE)
 
 
 def _read_error(message: str, error_type: str, status: int | None = None) -> ImageError:
@@ -103,6 +105,15 @@ class ImageLoader:
 
     # -- reading -------------------------------------------------------------------------------
     def prepare(self, reference: str | None) -> PreparedImage:
+        return self._load(reference, self.prepare_bytes)
+
+    def inspect(self, reference: str | None) -> PreparedImage:
+        """Size, type and content hash from the image's header, without decoding its pixels or
+        building a data: URL (``--dry_run``). The bytes are still read: the hash needs them. An
+        http(s) image that is not inlined is not fetched: its size stays unknown."""
+        return self._load(reference, self.inspect_bytes)
+
+    def _load(self, reference: str | None, then: Callable[[bytes], PreparedImage]) -> PreparedImage:
         ref = (reference or "").strip() if isinstance(reference, str) else reference
         if ref is None or ref == "":
             raise _read_error(
@@ -123,13 +134,13 @@ class ImageLoader:
                 if not host:
                     raise _read_error(f"malformed URL {ref[:200]!r}", "bad_reference")
                 return PreparedImage(url=ref)
-            return self.prepare_bytes(self._read_http(ref))
+            return then(self._read_http(ref))
         if scheme == "data":
-            return self.prepare_bytes(_decode_data_url(ref))
+            return then(_decode_data_url(ref))
         if scheme == "gs":
-            return self.prepare_bytes(self._read_gcs(ref))
+            return then(self._read_gcs(ref))
         if scheme in ("", "file"):
-            return self.prepare_bytes(self._read_file(ref))
+            return then(self._read_file(ref))
         raise _read_error(
             f"unsupported scheme {scheme + '://'!r} in {ref[:200]!r}: use a local path, file://, "
             "gs://, http(s):// or data: URL",
@@ -252,6 +263,32 @@ class ImageLoader:
         return self._check_size(b"".join(chunks), ref)
 
     # -- preparing -----------------------------------------------------------------------------
+    def inspect_bytes(self, data: bytes) -> PreparedImage:
+        if not data:
+            raise _decode_error("empty file (0 bytes)", "empty_file")
+        try:
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+        except UnidentifiedImageError:
+            raise _decode_error(f"not an image: {_describe_bytes(data)}", "not_an_image") from None
+        except Exception as exc:
+            raise _decode_error(f"unreadable image header: {exc}", "not_an_image") from None
+        if width * height > self.options.max_pixels:
+            raise _decode_error(
+                f"{width}x{height} has {width * height:,} pixels, over the "
+                f"{self.options.max_pixels:,} limit (possible decompression bomb)",
+                "too_many_pixels",
+            )
+        upright = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+        return PreparedImage(
+            url="",
+            sha256=hashlib.sha256(data).hexdigest(),
+            mime=Image.MIME.get(img.format or "") or "application/octet-stream",
+            width=upright[0],
+            height=upright[1],
+        )
+
     def prepare_bytes(self, data: bytes) -> PreparedImage:
         opts = self.options
         if not data:
@@ -291,7 +328,7 @@ class ImageLoader:
         upright = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
         source_mime = Image.MIME.get(fmt) or SENDABLE.get(fmt) or "application/octet-stream"
         as_is = (
-            fmt in SENDABLE
+            fmt in opts.send_formats
             and not animated
             and not shrink
             and orientation in (1, None)

@@ -34,7 +34,7 @@ from typing import Any
 
 import requests
 
-from transforms.core import image_analyzer, tokens
+from transforms.core import image_analyzer, models, structured, tokens
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -111,12 +111,25 @@ def image_bytes(url: str, timeout: float = 10.0) -> bytes:
     raise BadRequest("image_url.url must be a data: or http(s) URL")
 
 
+def wanted_schema(body: dict) -> dict | None:
+    """The JSON Schema a request asks its answer to follow: its response_format json_schema, or
+    the schema the job's instructions embed in the prompt (models without response_format)."""
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        return schema if isinstance(schema, dict) else None
+    return structured.schema_from_instructions(prompt_text(body))
+
+
 def analyser_answer(body: dict) -> dict:
-    """A chat completion describing the request's image(s) with the deterministic analyser."""
+    """A chat completion describing the request's image(s) with the deterministic analyser: a
+    paragraph of facts, a JSON object when a schema is asked for, and "safe" for a moderation
+    model (the analyser judges nothing)."""
     parts = image_parts(body)
     if not parts:
         raise BadRequest("this endpoint describes images: send an image_url content part")
-    texts, image_tokens = [], 0
+    spec = models.spec_for(str(body.get("model")))
+    texts, image_tokens, first = [], 0, None
     for part in parts:
         data = image_bytes(part["url"])
         detail = part.get("detail") or "auto"
@@ -125,8 +138,14 @@ def analyser_answer(body: dict) -> dict:
             texts.append(image_analyzer.describe_facts(facts))
         except Exception as exc:
             raise BadRequest(f"the image could not be decoded: {exc}") from None
-        image_tokens += tokens.openai_image_tokens(facts["width"], facts["height"], detail)
+        first = first or facts
+        image_tokens += models.image_tokens(spec, facts["width"], facts["height"], detail)
     content = " ".join(texts)
+    schema = wanted_schema(body)
+    if spec.moderation:
+        content = "safe"
+    elif schema is not None:
+        content = json.dumps(image_analyzer.fill_schema(first, schema))
     return completion(body, content, image_analyzer.MODEL_ID, image_tokens)
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import requests
 
+from transforms.core import models
 from transforms.core.ratelimit import AdaptiveConcurrency, RateLimiter, ThrottleGate
 
 _LOGGER = logging.getLogger(__name__)
@@ -73,26 +74,28 @@ def chat_completions_url(api_base: str) -> str:
     return base + "/chat/completions"
 
 
-def build_request(image_url: str, cfg: ChatConfig) -> dict[str, Any]:
-    """The request body for one image: the shape of AI/ML API's and OpenAI's vision examples."""
-    image_part: dict[str, Any] = {"url": image_url}
-    if cfg.detail != "auto":
-        # 'auto' is the API's default; leaving it out keeps the body acceptable to servers
-        # (Ollama, some vLLM builds) that know no 'detail'.
-        image_part["detail"] = cfg.detail
-    messages: list[dict[str, Any]] = []
-    if cfg.system_prompt:
-        messages.append({"role": "system", "content": cfg.system_prompt})
-    messages.append(
-        {
-            "role": "user",
-            "content": [
-                {"type": "text", "text": cfg.prompt},
-                {"type": "image_url", "image_url": image_part},
-            ],
-        }
+def build_request(
+    image_url: str,
+    cfg: ChatConfig,
+    *,
+    prompt: str | None = None,
+    json_schema: dict[str, Any] | None = None,
+    schema_instructions: str | None = None,
+) -> dict[str, Any]:
+    """The request body for one image, shaped for ``cfg.model`` by ``models.build_request``:
+    one user message with a text part (``prompt``, else ``cfg.prompt``) and an ``image_url``
+    part, as in AI/ML API's and OpenAI's vision examples; ``detail``, the system prompt and
+    ``json_schema`` are sent the way the model's family accepts them."""
+    return models.build_request(
+        models.spec_for(cfg.model),
+        image_url,
+        prompt=prompt if prompt is not None else cfg.prompt,
+        system_prompt=cfg.system_prompt,
+        max_tokens=cfg.max_tokens,
+        detail=cfg.detail,
+        json_schema=json_schema,
+        schema_instructions=schema_instructions,
     )
-    return {"model": cfg.model, "messages": messages, "max_tokens": cfg.max_tokens}
 
 
 @dataclasses.dataclass(frozen=True)

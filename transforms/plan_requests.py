@@ -1,0 +1,97 @@
+"""``PlanRequests``: image references -> one request per distinct (reference, question).
+
+    groups, failures, skipped = refs | PlanRequests(cfg, existing)
+
+Each reference gets its prompt (``--prompt``, or ``--prompt_template`` over its columns) and its
+``request_key`` (everything that shapes the answer but the image: ``ledger.request_key``). Rows
+with the same reference and key are grouped: one of them is sent, the others ride along in its
+``duplicates`` list and get the same answer (a shuffle by key, so this holds across workers).
+Identical bytes under different references are caught later, by content hash, per worker process.
+
+With ``existing`` (``(reference key, image_id)`` pairs of rows already described, from
+``ReadExistingKeys``), rows already described under the same key are not sent again: they come out
+on ``skipped``. A row whose prompt cannot be built (null, non-UTF-8 or oversized column) is a
+failure row with stage ``read`` and error type ``bad_prompt``.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms import describe_images as di
+from transforms.core import ledger, prompts
+
+PLANNED = "planned"
+SKIPPED = "skipped"
+
+
+class _Render(beam.DoFn):
+    def __init__(self, cfg: di.DescribeConfig):
+        self._cfg = cfg
+
+    def setup(self):
+        self._template, self._schema = di.question(self._cfg)
+        self._bad = Metrics.counter(di.NAMESPACE, "images_failed")
+
+    def process(self, ref):
+        try:
+            yield di.plan_ref(ref, self._cfg, self._template, self._schema)
+        except prompts.PromptError as exc:
+            self._bad.inc()
+            yield beam.pvalue.TaggedOutput(
+                di.FAILURES,
+                di.failure_row(ref, "read", str(exc), exc.error_type, None, None, 0, self._cfg),
+            )
+
+
+class _Group(beam.DoFn):
+    """(key, {'new': refs, 'done': ids}) -> one ref carrying its ``duplicates``; skipped refs."""
+
+    def setup(self):
+        self._skipped = Metrics.counter(di.NAMESPACE, "rows_skipped_existing")
+        self._duplicates = Metrics.counter(di.NAMESPACE, "rows_sharing_a_request")
+
+    def process(self, element):
+        _key, grouped = element
+        done = set(grouped.get("done") or ())
+        keep = []
+        for ref in grouped["new"]:
+            if ref.get("image_id") in done:
+                self._skipped.inc()
+                yield beam.pvalue.TaggedOutput(SKIPPED, ref)
+            else:
+                keep.append(ref)
+        if not keep:
+            return
+        first = dict(keep[0])
+        first["duplicates"] = [
+            {"image_id": r.get("image_id"), "image_uri": r.get("image_uri")} for r in keep[1:]
+        ]
+        if first["duplicates"]:
+            self._duplicates.inc(len(first["duplicates"]))
+        yield first
+
+
+class PlanRequests(beam.PTransform):
+    def __init__(self, cfg: di.DescribeConfig, existing=None, label: str | None = None):
+        super().__init__(label)
+        self._cfg = cfg
+        self._existing = existing
+
+    def expand(self, refs):
+        planned = refs | "RenderPrompts" >> beam.ParDo(_Render(self._cfg)).with_outputs(
+            di.FAILURES, main=PLANNED
+        )
+        keyed = planned[PLANNED] | "KeyByReference" >> beam.Map(
+            lambda r: (ledger.reference_key(r.get("image_uri"), r["request_key"]), r)
+        )
+        existing = self._existing
+        if existing is None:
+            existing = refs.pipeline | "NoExistingRows" >> beam.Create([])
+        groups = (
+            {"new": keyed, "done": existing}
+            | "GroupByReference" >> beam.CoGroupByKey()
+            | "OneRequestPerImage" >> beam.ParDo(_Group()).with_outputs(SKIPPED, main=PLANNED)
+        )
+        return groups[PLANNED], planned[di.FAILURES], groups[SKIPPED]
