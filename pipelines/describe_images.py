@@ -615,8 +615,7 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions, api_base: str, bi
     """Wire the job; returns the descriptions, failures and skipped PCollections (with --dry_run:
     the per-request estimates, and two empty ones).
 
-    ``bigquery_client`` is passed to WriteToBigQuery's ``test_client`` (tests use an emulator);
-    its ``gcp_client`` method, when it has one, reads the --skip_existing table.
+    ``bigquery_client`` is passed to WriteToBigQuery's ``test_client`` (tests use an emulator).
     """
     opts = options.view_as(DescribeImagesOptions)
     d = derived(options)
@@ -635,7 +634,6 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions, api_base: str, bi
         existing = p | "ReadExistingKeys" >> ReadExistingKeys(
             d.existing_table or d.existing_pattern,
             table=bool(d.existing_table),
-            client_factory=getattr(bigquery_client, "gcp_client", None),
         )
     requests, unplanned, skipped = refs | "PlanRequests" >> PlanRequests(cfg, existing)
     if d.dry_run:

@@ -20,6 +20,7 @@ import uuid
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.core import secrets, vision_api
+from transforms.read_existing_keys import bigquery_client
 
 
 class PreflightError(RuntimeError):
@@ -100,26 +101,12 @@ def check_model_answers(
 
 def check_dataset_exists(table: str) -> None:
     """The dataset of ``project:dataset.table`` must exist (tables are created, datasets not)."""
-    import os
-
     from google.api_core import exceptions as gexc
-    from google.cloud import bigquery
 
     project, _, rest = table.replace(":", ".", 1).partition(".")
     dataset = rest.split(".", 1)[0]
-    kwargs = {}
-    emulator = os.environ.get("BIGQUERY_EMULATOR_HOST")
-    if emulator:
-        from google.auth.credentials import AnonymousCredentials
-
-        kwargs = {
-            "credentials": AnonymousCredentials(),
-            "client_options": {
-                "api_endpoint": emulator if "://" in emulator else f"http://{emulator}"
-            },
-        }
     try:
-        bigquery.Client(project=project, **kwargs).get_dataset(f"{project}.{dataset}", timeout=30)
+        bigquery_client(project).get_dataset(f"{project}.{dataset}", timeout=30)
     except gexc.NotFound:
         raise PreflightError(
             f"BigQuery dataset {project}:{dataset} does not exist: create it "

@@ -31,11 +31,12 @@ from transforms.core import images, vision_api
 from transforms.read_image_refs import to_ref
 
 
-def _typed_row(row: dict[str, Any]) -> beam.Row:
+def _typed_row(row: dict[str, Any], names: tuple[str, ...]) -> beam.Row:
+    # in the schema's column order: a Beam row type is positional
     return beam.Row(
         **{
-            k: Timestamp.from_utc_datetime(v) if isinstance(v, dt.datetime) else v
-            for k, v in row.items()
+            k: Timestamp.from_utc_datetime(row[k]) if isinstance(row[k], dt.datetime) else row[k]
+            for k in names
         }
     )
 
@@ -58,6 +59,7 @@ class DescribeImageRows(beam.PTransform):
         max_retries: int = 5,
         requests_per_minute: float = 0.0,
         max_image_side: int = 2048,
+        output_schema: str | None = None,
         label: str | None = None,
     ):
         super().__init__(label)
@@ -83,6 +85,7 @@ class DescribeImageRows(beam.PTransform):
             max_concurrency=int(max_concurrency),
             request_timeout=float(request_timeout),
             requests_per_minute=float(requests_per_minute),
+            output_schema=output_schema,
         )
 
     def expand(self, rows):
@@ -96,11 +99,12 @@ class DescribeImageRows(beam.PTransform):
         )
         typed = {}
         for tag, fields in (
-            (di.DESCRIPTIONS, schema.DESCRIPTION_FIELDS),
+            (di.DESCRIPTIONS, schema.description_fields(di.extra_fields(self._cfg))),
             (di.FAILURES, schema.FAILURE_FIELDS),
         ):
             row_type = RowTypeConstraint.from_fields(schema.to_beam_fields(fields))
+            names = tuple(f.name for f in fields)
             typed[tag] = outputs[tag] | f"Typed{tag.title()}" >> beam.Map(
-                _typed_row
+                _typed_row, names
             ).with_output_types(row_type)
         return typed

@@ -68,7 +68,7 @@ class _QueryExistingKeys(beam.DoFn):
         from google.api_core import exceptions
 
         project, _, rest = table.replace(":", ".", 1).partition(".")
-        client = self._factory() if self._factory else _bigquery_client(project)
+        client = self._factory() if self._factory else bigquery_client(project)
         try:
             rows = client.query(
                 f"SELECT DISTINCT image_id, image_uri, request_key FROM `{project}.{rest}`"
@@ -80,10 +80,23 @@ class _QueryExistingKeys(beam.DoFn):
             yield _key_pair(dict(row.items()))
 
 
-def _bigquery_client(project: str):
+def bigquery_client(project: str):
+    """A BigQuery client; ``BIGQUERY_EMULATOR_HOST`` points it at an emulator (tests)."""
+    import os
+
     from google.cloud import bigquery
 
-    return bigquery.Client(project=project)
+    emulator = os.environ.get("BIGQUERY_EMULATOR_HOST")
+    if not emulator:
+        return bigquery.Client(project=project)
+    from google.auth.credentials import AnonymousCredentials
+
+    endpoint = emulator if "://" in emulator else f"http://{emulator}"
+    return bigquery.Client(
+        project=project,
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": endpoint},
+    )
 
 
 class ReadExistingKeys(beam.PTransform):
