@@ -803,6 +803,17 @@ def format_dry_run(totals: dict[str, float], opts: DescribeImagesOptions) -> str
     return "\n".join(lines)
 
 
+def _bare_dry_run(argv: list[str]) -> list[str]:
+    """``--dry_run`` alone means ``--dry_run=true`` (Beam's own flag wants a value)."""
+    out = []
+    for i, arg in enumerate(argv):
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if arg == "--dry_run" and (following is None or following.startswith("--")):
+            arg = "--dry_run=true"
+        out.append(arg)
+    return out
+
+
 def _default_runner(argv: list[str]) -> list[str]:
     # Without a --runner, Beam's DirectRunner first tries to download a Prism binary; the
     # in-process FnApiRunner needs nothing from the network. Launched as a Flex Template, the
@@ -822,11 +833,14 @@ def run(argv: list[str] | None = None, bigquery_client=None):
             description="Describe the images referenced in a Parquet table with a vision chat "
             "model. Beam's own options (--runner, --direct_num_workers, --project, ...) are "
             "accepted too.",
+            epilog="--dry_run (Beam's flag, taken over): read the input and the image headers, "
+            "print the requests, estimated tokens and cost for --model, and send and write "
+            "nothing. It runs locally whatever --runner says; no API key is needed.",
         )
         DescribeImagesOptions._add_argparse_args(parser)
         parser.print_help()
         raise SystemExit(0)
-    argv = _default_runner(argv)
+    argv = _default_runner(_bare_dry_run(argv))
     options = PipelineOptions(argv)
     try:
         opts = validate(options)
