@@ -166,3 +166,64 @@ def test_missing_dataset_stops_the_job_at_launch(bq_emulator):
         run_to_bigquery(bq_emulator, None, f"{PROJECT}:no_such_dataset.descriptions")
     assert "no_such_dataset does not exist" in str(info.value)
     assert "bq mk --dataset" in str(info.value)
+
+
+def test_structured_columns_are_typed_in_the_table(bq_emulator, dataset, capsys):
+    """--output_schema's fields become typed columns of the created table (ARRAY as REPEATED),
+    filled from the offline endpoint's structured answers."""
+    client, ds = dataset
+    table = f"{PROJECT}:{ds}.structured"
+    answer = "orientation STRING, width INT64, brightness FLOAT64, colours ARRAY<STRING>"
+    run_to_bigquery(bq_emulator, None, table, "--output_schema", answer)
+    got = client.get_table(f"{PROJECT}.{ds}.structured")
+    columns = {f.name: (f.field_type, f.mode) for f in got.schema}
+    assert columns["orientation"] == ("STRING", "NULLABLE")
+    assert columns["width"] == ("INTEGER", "NULLABLE")
+    assert columns["brightness"] == ("FLOAT", "NULLABLE")
+    assert columns["colours"] == ("STRING", "REPEATED")
+    rows = {
+        r["image_id"]: r
+        for r in client.query(f"SELECT * FROM `{PROJECT}.{ds}.structured`").result(timeout=30)
+    }
+    assert rows["chelsea"]["width"] == 451 and rows["chelsea"]["orientation"] == "landscape"
+    assert isinstance(rows["chelsea"]["brightness"], float)
+    assert rows["coffee"]["colours"] and all(isinstance(c, str) for c in rows["coffee"]["colours"])
+
+
+def test_skip_existing_reads_the_table_and_sends_nothing_again(
+    bq_emulator, dataset, capsys, monkeypatch
+):
+    """A scheduled run over the same input, skipping what the table already holds, sends no
+    request (not even the launch check, skipped here to count requests) and adds no row."""
+    from tests.support.fake_api import RecordingApi
+
+    monkeypatch.setenv("VE_BQ_KEY", "sk-test-bq")
+    client, ds = dataset
+    table = f"{PROJECT}:{ds}.described"
+    flags = ["--skip_existing", table, "--skip_preflight"]
+    with RecordingApi() as api:
+        for _ in range(2):
+            job.run(
+                [
+                    "--input",
+                    "examples/images.parquet",
+                    "--api_base",
+                    api.base_url,
+                    "--api_key_env",
+                    "VE_BQ_KEY",
+                    "--output_table",
+                    table,
+                    "--bigquery_method",
+                    "STREAMING_INSERTS",
+                    "--project",
+                    PROJECT,
+                    *flags,
+                ],
+                bigquery_client=EmulatorBigQueryClient(bq_emulator.url),
+            )
+        assert api.endpoint.requests == 4  # the first run's four images, none in the second
+    count = list(
+        client.query(f"SELECT COUNT(*) AS n FROM `{PROJECT}.{ds}.described`").result(timeout=30)
+    )[0]["n"]
+    assert count == 4
+    assert "skipped     4 rows already described" in capsys.readouterr().out

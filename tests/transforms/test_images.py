@@ -401,3 +401,33 @@ def test_gcs_forbidden_object_says_which_role_to_grant():
         403,
     )
     assert "roles/storage.objectViewer" in info.value.message
+
+
+def test_inspect_reads_size_and_hash_without_decoding(tmp_path):
+    """--dry_run's header read: upright size (EXIF applied), type and hash; truncated pixel data
+    does not matter because nothing is decoded."""
+    rotated = timg.exif_rotated_jpeg(size=(80, 40), orientation=6)
+    path = tmp_path / "r.jpg"
+    path.write_bytes(rotated)
+    found = ImageLoader().inspect(str(path))
+    assert (found.width, found.height, found.mime) == (40, 80, "image/jpeg")
+    assert found.sha256 == hashlib.sha256(rotated).hexdigest() and found.url == ""
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(timg.truncated(timg.png(size=(300, 200))))
+    assert (ImageLoader().inspect(str(cut)).width, ImageLoader().inspect(str(cut)).height) == (
+        300,
+        200,
+    )
+    with pytest.raises(ImageError) as info:
+        ImageLoader().inspect("data:text/plain;base64," + base64.b64encode(b"hello").decode())
+    assert info.value.stage == "decode"
+    by_url = ImageLoader().inspect("https://example.org/a.jpg")
+    assert by_url.width is None and by_url.url == "https://example.org/a.jpg"
+
+
+def test_formats_a_model_does_not_take_are_converted():
+    gif = timg.encode(timg.gradient(), "GIF")
+    as_is = ImageLoader().prepare_bytes(gif)
+    assert as_is.url.startswith("data:image/gif")
+    no_gif = ImageLoader(ImageOptions(send_formats=("JPEG", "PNG", "WEBP"))).prepare_bytes(gif)
+    assert no_gif.url.startswith(("data:image/png", "data:image/jpeg"))

@@ -138,3 +138,42 @@ def test_bad_requests_get_openai_error_bodies(endpoint, body, status):
 )
 def test_openai_tile_formula(size, detail, tokens):
     assert token_math.openai_image_tokens(*size, detail) == tokens
+
+
+def test_structured_requests_get_json_that_fits_the_schema(endpoint):
+    """The official client asks with response_format json_schema (as the job does for gpt-4o);
+    the offline endpoint answers an object the job's own parser accepts, with facts where the
+    names fit. A moderation model gets Llama Guard's verdict format."""
+    import json
+
+    from transforms.core import structured
+
+    schema = structured.parse_output_schema("width INT64, colours ARRAY<STRING>, caption STRING")
+    client = openai.OpenAI(base_url=endpoint.base_url, api_key="unused", max_retries=0)
+    with open("examples/chelsea.png", "rb") as f:
+        url = data_url(f.read())
+    content = [
+        {"type": "text", "text": "Describe."},
+        {"type": "image_url", "image_url": {"url": url}},
+    ]
+    response = client.chat.completions.create(
+        model="gpt-4o",
+        max_tokens=300,
+        messages=[{"role": "user", "content": content}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "image_answer", "schema": schema.json_schema, "strict": True},
+        },
+    )
+    parsed = structured.parse_answer(schema, response.choices[0].message.content)
+    assert parsed["width"] == 451 and parsed["colours"] and "451x300" in parsed["caption"]
+    assert json.loads(response.choices[0].message.content) == parsed
+    guard = client.chat.completions.create(
+        model="meta-llama/Llama-Guard-3-11B-Vision-Turbo",
+        max_tokens=20,
+        messages=[{"role": "user", "content": content}],
+    )
+    assert structured.parse_guard_answer(guard.choices[0].message.content) == {
+        "is_safe": True,
+        "categories": [],
+    }

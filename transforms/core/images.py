@@ -269,7 +269,6 @@ class ImageLoader:
         try:
             img = Image.open(io.BytesIO(data))
             width, height = img.size
-            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
         except UnidentifiedImageError:
             raise _decode_error(f"not an image: {_describe_bytes(data)}", "not_an_image") from None
         except Exception as exc:
@@ -280,6 +279,12 @@ class ImageLoader:
                 f"{self.options.max_pixels:,} limit (possible decompression bomb)",
                 "too_many_pixels",
             )
+        orientation = 1
+        if img.format in ("JPEG", "MPO", "WEBP", "TIFF"):  # EXIF sits in the header there; a
+            try:  # PNG's may follow the pixels, and reading it would decode them
+                orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+            except Exception:
+                pass
         upright = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
         return PreparedImage(
             url="",

@@ -79,8 +79,9 @@ class SharedAnswers:
         entry.done.set()
         with self._lock:
             while len(self._entries) > self._keep:
-                oldest, first = next(iter(self._entries.items()))
-                if not first.done.is_set():
+                # the oldest finished entry (in-flight ones, a handful, are skipped)
+                oldest = next((k for k, e in self._entries.items() if e.done.is_set()), None)
+                if oldest is None:
                     break
                 del self._entries[oldest]
 
