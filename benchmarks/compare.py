@@ -116,7 +116,7 @@ def make_images(folder: Path, n: int) -> str:
 
     uris = []
     for i in range(n):
-        img = Image.new("RGB", (64, 48), ((i * 7) % 256, (i * 13) % 256, (i * 29) % 256))
+        img = Image.new("RGB", (64, 48), (i % 256, (i // 256) % 256, (i * 29) % 256))  # distinct
         path = folder / f"{i:05d}.png"
         img.save(path, "PNG")
         uris.append(str(path))
