@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import time
+import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -368,6 +369,7 @@ class Derived:
     existing_table: str | None = None  # --skip_existing, when it names a BigQuery table
     existing_pattern: str | None = None  # --skip_existing's Parquet files, when there are any
     output_name: str = "descriptions"  # file prefix: run-stamped when appending to --output
+    run_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
 
 
 def derived(options: PipelineOptions) -> Derived:
@@ -377,6 +379,7 @@ def derived(options: PipelineOptions) -> Derived:
     if found is None:
         schema = options.view_as(DescribeImagesOptions).output_schema
         found = Derived(output_schema=schema)
+        object.__setattr__(options, "_vision_enrich", found)
     return found
 
 
@@ -603,6 +606,7 @@ def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfi
         max_images=worker_count_share(opts.max_images, _worker_processes(options)),
         max_cost=worker_share(opts.max_cost, _worker_processes(options)),
         price_table=tuple((m, i, o) for m, (i, o) in sorted(d.prices.items())),
+        run_id=d.run_id,
     )
 
 

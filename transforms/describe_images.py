@@ -68,6 +68,9 @@ class DescribeConfig:
     max_images: int = 0  # this worker process's share of --max_images; 0: no limit
     max_cost: float = 0.0  # likewise for --max_cost, US dollars
     price_table: tuple[tuple[str, float, float], ...] = ()  # (model, input, output) $/1M tokens
+    # one per job run: a process that runs the job twice (a scheduler, a notebook) gets a fresh
+    # worker, so its ledger of answers does not carry over from the last run
+    run_id: str = ""
 
 
 def question(cfg: DescribeConfig):
@@ -369,7 +372,9 @@ class _Worker:
                     what = "Llama Guard verdict" if spec.moderation else "--output_schema"
                     return "fail", (
                         "response",
-                        f"the answer does not match the {what} after 2 requests: {exc}",
+                        self.client.redact(
+                            f"the answer does not match the {what} after 2 requests: {exc}"
+                        ),
                         "invalid_answer",
                         200,
                         c.response_id,

@@ -221,3 +221,19 @@ def test_summary_reports_actual_tokens_beside_the_estimate(tmp_path, run_job, ca
     summary = capsys.readouterr().out
     found = re.search(r"tokens\s+(\d+) prompt \(estimated (\d+)\)", summary)
     assert found and int(found.group(1)) == actual and int(found.group(2)) > 0
+
+
+def test_each_run_has_its_own_ledger(tmp_path, run_job, monkeypatch):
+    """The same job run twice in one process (a scheduler, a notebook) without --skip_existing
+    asks again: answers are shared within a run, not carried from the last one — even when the
+    runner never tears the DoFns down (FnApiRunner does not always), which is simulated here by
+    never releasing a worker."""
+    from transforms import describe_images as di
+
+    monkeypatch.setattr(di, "release_worker", lambda cfg: None)
+    source, _ = write_input(tmp_path, 3)
+    with RecordingApi() as api:
+        run_job(api, source, str(tmp_path / "a"))
+        run_job(api, source, str(tmp_path / "b"))
+        assert api.endpoint.requests == 6
+    assert all(read_output(str(tmp_path / "b"), "descriptions").column("billed").to_pylist())

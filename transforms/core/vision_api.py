@@ -338,7 +338,7 @@ class VisionClient:
             try:
                 result.completion = self._attempt(data, result)
             except _Attempt as failed:
-                result.stage, result.error = failed.stage, self._redact(failed.error)
+                result.stage, result.error = failed.stage, self.redact(failed.error)
                 result.error_type, result.http_status = failed.error_type, failed.status
                 result.request_id = failed.request_id or result.request_id
                 if failed.status == 429:
@@ -463,7 +463,7 @@ class VisionClient:
             retry_after=parse_retry_after(headers),
         )
 
-    def _redact(self, text: str | None) -> str | None:
+    def redact(self, text: str | None) -> str | None:
         if text is None:
             return None
         for secret in self._secrets:
