@@ -6,6 +6,11 @@ Rows are batched (``BatchElements``), and every row of a batch is loaded and sen
 most ``max_concurrency`` requests in flight per worker process, over one ``requests.Session`` per
 process that all its threads share. Batches overlap: the next batch starts while the previous one's
 slowest requests are still out, so the pipe never drains between batches.
+
+A reference may stand for several rows (``duplicates``, from ``PlanRequests``), and rows with
+identical image bytes asking the same question share one request per process (``ledger``); each
+row still gets its own output row. Structured answers (``--output_schema``) and Llama Guard
+verdicts are validated into extra columns; ``--max_images`` / ``--max_cost`` are enforced here.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pathlib
 import pytest
 
 from tests.support.openapi import request_errors
-from transforms.core import models, tokens
+from transforms.core import models
 from transforms.core import vision_api as v
 
 REFERENCE = pathlib.Path(__file__).resolve().parents[2].parent / "shared/reference/vision-models.md"
@@ -307,15 +307,13 @@ def test_estimate_tokens_with_and_without_a_size():
     )
     assert (image, text, bound) == (765, 10 + 2 + 100 + 7, 300)
     assert models.estimate_tokens(gpt4o, None, None, "auto", "hi", None, 5) == (
-        tokens.UNKNOWN_IMAGE_TOKENS,
+        765,  # a 1024x1024 photo, when the size is unknown
         1 + 7,
         5,
     )
     assert models.estimate_tokens(gpt4o, None, None, "low", "hi", None, 5)[0] == 85
-    # the old single-family estimate agrees for gpt-4o
-    assert sum(models.estimate_tokens(gpt4o, 800, 600, "high", "abc", "def", 300)) == (
-        tokens.estimate_request_tokens(800, 600, 4096, "high", "abc", "def", 300)
-    )
+    # 800x600: no scaling, 2x2 tiles -> 765; "abc" and "def" one token each, +7 overhead
+    assert models.estimate_tokens(gpt4o, 800, 600, "high", "abc", "def", 300) == (765, 9, 300)
     for model_id in ("claude-3-opus-20240229", "gemini-1.5-pro", "gpt-4o-mini"):
         spec = models.spec_for(model_id)
         unknown = models.estimate_tokens(spec, None, None, "auto", "hi", None, 5)[0]

@@ -284,8 +284,8 @@ def image_tokens(spec: ModelSpec, width: int, height: int, detail: str = "auto")
     return tokens.openai_image_tokens(width, height, detail)
 
 
-_MESSAGE_OVERHEAD = 7  # role markers and separators, as in tokens.estimate_request_tokens
-_REFERENCE_SIDE = 1024  # tokens.UNKNOWN_IMAGE_TOKENS is a 1024x1024 photo at gpt-4o's rates
+_MESSAGE_OVERHEAD = 7  # role markers and separators
+_UNKNOWN_SIDE = 1024  # an image sent by URL, size unknown, is counted as a 1024x1024 photo
 
 
 def estimate_tokens(
@@ -300,19 +300,15 @@ def estimate_tokens(
 ) -> tuple[int, int, int]:
     """(image_tokens, text_tokens, completion_bound) of one request, before it is sent.
 
-    With no size (an image sent by URL), ``tokens.UNKNOWN_IMAGE_TOKENS`` stands for the image:
-    as is for gpt-4o-class models, and scaled by this model's tokens for a 1024x1024 image over
-    gpt-4o's for the others (so with the default it *is* ``image_tokens(spec, 1024, 1024)``;
-    ``detail=low`` gives 85 for gpt-4o). ``extra_text`` is any other text sent, such as schema
+    With no size (an image sent by URL) the image is counted as a 1024x1024 photo (765 tokens
+    for gpt-4o, 85 with ``detail=low``). ``extra_text`` is any other text sent, such as schema
     instructions. The completion bound is ``max_tokens``: providers count it against
     tokens-per-minute limits before the answer exists.
     """
     if width and height:
         image = image_tokens(spec, width, height, detail)
     else:
-        here = image_tokens(spec, _REFERENCE_SIDE, _REFERENCE_SIDE, detail)
-        gpt4o = tokens.openai_image_tokens(_REFERENCE_SIDE, _REFERENCE_SIDE)
-        image = max(1, round(tokens.UNKNOWN_IMAGE_TOKENS * here / gpt4o))
+        image = image_tokens(spec, _UNKNOWN_SIDE, _UNKNOWN_SIDE, detail)
     text = (
         tokens.text_tokens(prompt)
         + tokens.text_tokens(system_prompt)
