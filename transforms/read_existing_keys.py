@@ -61,14 +61,11 @@ def _key_pair(row: dict) -> tuple[str, Any]:
 class _QueryExistingKeys(beam.DoFn):
     """Reads the key columns of an existing BigQuery table (none when it does not exist yet)."""
 
-    def __init__(self, client_factory=None):
-        self._factory = client_factory
-
     def process(self, table: str):
         from google.api_core import exceptions
 
         project, _, rest = table.replace(":", ".", 1).partition(".")
-        client = self._factory() if self._factory else bigquery_client(project)
+        client = bigquery_client(project)
         try:
             rows = client.query(
                 f"SELECT DISTINCT image_id, image_uri, request_key FROM `{project}.{rest}`"
@@ -101,19 +98,18 @@ def bigquery_client(project: str):
 
 class ReadExistingKeys(beam.PTransform):
     """``(reference key, image_id)`` of rows already described in a Parquet folder/glob or a
-    BigQuery table (``table=True``). ``client_factory`` makes the BigQuery client (tests: the
-    emulator's)."""
+    BigQuery table (``table=True``; ``BIGQUERY_EMULATOR_HOST`` points it at an emulator)."""
 
-    def __init__(self, where: str, table: bool, client_factory=None, label: str | None = None):
+    def __init__(self, where: str, table: bool, label: str | None = None):
         super().__init__(label)
-        self._where, self._table, self._factory = where, table, client_factory
+        self._where, self._table = where, table
 
     def expand(self, pbegin):
         if self._table:
             return (
                 pbegin
                 | "TableName" >> beam.Create([self._where])
-                | "QueryKeys" >> beam.ParDo(_QueryExistingKeys(self._factory))
+                | "QueryKeys" >> beam.ParDo(_QueryExistingKeys())
             )
         return (
             pbegin
