@@ -37,7 +37,7 @@ from schemas import rows as schema
 from transforms import describe_images as di
 from transforms.core import images, models, netguard, prompts, secrets, structured, vision_api
 from transforms.core.local_endpoint import ChatEndpoint
-from transforms.core.ratelimit import worker_share
+from transforms.core.ratelimit import worker_count_share, worker_share
 from transforms.estimate_requests import EstimateRequests
 from transforms.plan_requests import PlanRequests
 from transforms.read_existing_keys import ReadExistingKeys, check_existing_parquet
@@ -482,7 +482,8 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
         raise OptionsError(
             f"--id_column {opts.id_column!r} is not in the input; its columns are {columns}"
         )
-    missing = [c for c in _template(opts).columns if c not in columns] if _template(opts) else []
+    template = _template(opts)
+    missing = [c for c in template.columns if c not in columns] if template else []
     if missing:
         raise OptionsError(
             f"the prompt uses column(s) {missing} that are not in the input; its columns are "
@@ -572,6 +573,8 @@ def _validate_skip_existing(opts: DescribeImagesOptions, d: Derived) -> None:
 def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfig:
     opts = options.view_as(DescribeImagesOptions)
     d = derived(options)
+    template = _template(opts)
+    workers = _worker_processes(options)
     local = opts.api_base == LOCAL
     return di.DescribeConfig(
         api_base=api_base,
@@ -596,23 +599,18 @@ def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfi
         retry=vision_api.RetryPolicy(max_retries=opts.max_retries, backoff_base=opts.retry_backoff),
         max_concurrency=opts.max_concurrency,
         request_timeout=opts.request_timeout,
-        requests_per_minute=worker_share(opts.requests_per_minute, _worker_processes(options)),
-        tokens_per_minute=worker_share(opts.tokens_per_minute, _worker_processes(options)),
+        requests_per_minute=worker_share(opts.requests_per_minute, workers),
+        tokens_per_minute=worker_share(opts.tokens_per_minute, workers),
         stop_after_account_errors=opts.stop_after_account_errors,
         batch_size=opts.batch_size,
         output_schema=d.output_schema,
-        prompt_template=_template(opts).text if _template(opts) else None,
+        prompt_template=template.text if template else None,
         max_prompt_chars=opts.max_prompt_chars,
-        max_images=worker_count_share(opts.max_images, _worker_processes(options)),
-        max_cost=worker_share(opts.max_cost, _worker_processes(options)),
+        max_images=worker_count_share(opts.max_images, workers),
+        max_cost=worker_share(opts.max_cost, workers),
         price_table=tuple((m, i, o) for m, (i, o) in sorted(d.prices.items())),
         run_id=d.run_id,
     )
-
-
-def worker_count_share(total: int, workers: int) -> int:
-    """A whole-number share of a count budget (at least 1 when there is a budget)."""
-    return max(1, total // workers) if total else 0
 
 
 def build_pipeline(p: beam.Pipeline, options: PipelineOptions, api_base: str, bigquery_client=None):

@@ -164,6 +164,7 @@ class _Worker:
             )
         self.template, self.schema = question(cfg)
         self.instructions = structured.instructions(self.schema) if self.schema else None
+        self.sent_instructions = sent_instructions(self.spec, self.schema)
         self.prices = models.prices(self.spec, {m: (i, o) for m, i, o in cfg.price_table})
         self.shared = ledger.SharedAnswers()
         self.budget = ledger.Budget(cfg.max_images, cfg.max_cost)
@@ -282,9 +283,7 @@ class _Worker:
                 # is still its own (the first run's rows were discarded with the bundle)
                 again = paid_by == ref.get("image_id")
                 out.reused = not again
-                return self._rows(
-                    out, answer, refs, ref, prepared, billed=again and answer[0] == "ok"
-                )
+                return self._rows(out, answer, refs, billed=again and answer[0] == "ok")
         try:
             answer = self._ask(ref, prepared, out)
         except BaseException:
@@ -293,17 +292,14 @@ class _Worker:
             raise
         if key is not None:
             self.shared.publish(key, entry, (*answer, ref.get("image_id") if out.sent else None))
-        return self._rows(out, answer, refs, ref, prepared, billed=out.sent)
+        return self._rows(out, answer, refs, billed=out.sent)
 
     def _ask(self, ref, prepared: images.PreparedImage, out: Outcome) -> tuple[str, Any]:
         """Send one request (and one more if a structured answer does not validate).
         ``('ok', answer columns)`` or ``('fail', failure_row arguments)``."""
         cfg, chat, spec = self.cfg, self.cfg.chat, self.spec
         prompt = ref["prompt"]
-        width, height = _scaled(prepared.width, prepared.height, self.loader.options.max_side)
-        extra_text = (
-            self.instructions if self.schema and spec.response_format != "json_schema" else ""
-        )
+        width, height = scaled_size(prepared.width, prepared.height, self.loader.options.max_side)
         image_t, text_t, bound = models.estimate_tokens(
             spec,
             width,
@@ -312,12 +308,11 @@ class _Worker:
             prompt,
             chat.system_prompt,
             chat.max_tokens,
-            extra_text or "",
+            self.sent_instructions,
         )
         estimate = image_t + text_t
         estimated_cost = models.cost(self.prices, estimate, bound)
         if not self.budget.reserve(estimated_cost):
-            out.over_budget = True
             return "fail", ("request", self.budget.reason(), "budget_reached", None, None, 0)
         out.sent = True
         out.estimated_prompt_tokens, out.estimated_cost = estimate, estimated_cost
@@ -397,7 +392,7 @@ class _Worker:
             return structured.parse_answer(self.schema, content)
         return {}
 
-    def _rows(self, out, answer, refs, ref, prepared, billed: bool) -> Outcome:
+    def _rows(self, out, answer, refs, billed: bool) -> Outcome:
         kind, value = answer
         if kind == "fail":
             out.rows = [(FAILURES, failure_row(r, *value[:5], value[5], self.cfg)) for r in refs]
@@ -418,7 +413,6 @@ class Outcome:
     result: vision_api.CallResult = dataclasses.field(default_factory=vision_api.CallResult)
     sent: bool = False  # a request was made (and counted against the budget)
     reused: bool = False  # the answer of an identical image was reused
-    over_budget: bool = False
     prompt_tokens: int = 0  # from the usage blocks of every answer paid for
     completion_tokens: int = 0
     estimated_prompt_tokens: int = 0
@@ -434,6 +428,14 @@ class Outcome:
         r.latency_ms = call.latency_ms
 
 
+def sent_instructions(spec: models.ModelSpec, schema) -> str:
+    """The schema instructions that travel in the prompt (counted in token estimates): none
+    when the model takes the schema as ``response_format`` json_schema."""
+    if schema is None or spec.response_format == "json_schema":
+        return ""
+    return structured.instructions(schema)
+
+
 def image_options(cfg: DescribeConfig, spec: models.ModelSpec) -> images.ImageOptions:
     """The job's image options within the model's limits (side, bytes, formats)."""
     formats = tuple(f for f, mime in images.SENDABLE.items() if mime in spec.image_mimes)
@@ -445,7 +447,8 @@ def image_options(cfg: DescribeConfig, spec: models.ModelSpec) -> images.ImageOp
     )
 
 
-def _scaled(width, height, max_side):
+def scaled_size(width, height, max_side):
+    """The size an image is sent at: its longer side brought down to ``max_side``."""
     if not width or not height:
         return None, None
     scale = min(1.0, max_side / max(width, height))

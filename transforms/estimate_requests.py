@@ -18,7 +18,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import describe_images as di
-from transforms.core import images, models, netguard, structured
+from transforms.core import images, models, netguard
 
 
 class _Estimate(beam.DoFn):
@@ -29,9 +29,7 @@ class _Estimate(beam.DoFn):
         cfg = self._cfg
         self._spec = models.spec_for(cfg.chat.model)
         self._template, self._schema = di.question(cfg)
-        self._instructions = ""
-        if self._schema is not None and self._spec.response_format != "json_schema":
-            self._instructions = structured.instructions(self._schema)
+        self._instructions = di.sent_instructions(self._spec, self._schema)
         options = di.image_options(cfg, self._spec)
         self._session = netguard.guarded_session(netguard.parse_networks(options.allowed_networks))
         self._loader = images.ImageLoader(options, http_session=self._session)
@@ -66,7 +64,7 @@ class _Estimate(beam.DoFn):
                 return
         if found.width is None:
             self._unknown_size.inc()
-        width, height = di._scaled(found.width, found.height, self._loader.options.max_side)
+        width, height = di.scaled_size(found.width, found.height, self._loader.options.max_side)
         image_t, text_t, bound = models.estimate_tokens(
             self._spec,
             width,

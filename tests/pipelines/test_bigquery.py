@@ -30,13 +30,13 @@ def dataset(bq_emulator):
     return client, name
 
 
-def run_to_bigquery(bq_emulator, out, table, *flags):
+def run_to_bigquery(bq_emulator, out, table, *flags, api_base="local"):
     return job.run(
         [
             "--input",
             "examples/images.parquet",
             "--api_base",
-            "local",
+            api_base,
             "--output_table",
             table,
             "--bigquery_method",
@@ -200,27 +200,10 @@ def test_skip_existing_reads_the_table_and_sends_nothing_again(
     monkeypatch.setenv("VE_BQ_KEY", "sk-test-bq")
     client, ds = dataset
     table = f"{PROJECT}:{ds}.described"
-    flags = ["--skip_existing", table, "--skip_preflight"]
+    flags = ["--api_key_env", "VE_BQ_KEY", "--skip_existing", table, "--skip_preflight"]
     with RecordingApi() as api:
         for _ in range(2):
-            job.run(
-                [
-                    "--input",
-                    "examples/images.parquet",
-                    "--api_base",
-                    api.base_url,
-                    "--api_key_env",
-                    "VE_BQ_KEY",
-                    "--output_table",
-                    table,
-                    "--bigquery_method",
-                    "STREAMING_INSERTS",
-                    "--project",
-                    PROJECT,
-                    *flags,
-                ],
-                bigquery_client=EmulatorBigQueryClient(bq_emulator.url),
-            )
+            run_to_bigquery(bq_emulator, None, table, *flags, api_base=api.base_url)
         assert api.endpoint.requests == 4  # the first run's four images, none in the second
     count = list(
         client.query(f"SELECT COUNT(*) AS n FROM `{PROJECT}.{ds}.described`").result(timeout=30)

@@ -145,3 +145,8 @@ def worker_share(per_minute: float, workers: int) -> float:
     if per_minute <= 0:
         return 0.0
     return per_minute / max(1, workers)
+
+
+def worker_count_share(total: int, workers: int) -> int:
+    """A worker process's whole-number part of a job-wide count (at least 1 when there is one)."""
+    return max(1, total // max(1, workers)) if total > 0 else 0
