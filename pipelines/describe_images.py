@@ -567,7 +567,9 @@ def _validate_skip_existing(opts: DescribeImagesOptions, d: Derived) -> None:
         _LOGGER.warning("--skip_existing %s holds no results yet: every row is new", where)
     if opts.output and opts.output.rstrip("/") == where.rstrip("/"):
         # the old files stay: this run's get names of their own instead of replacing them
-        d.output_name = "descriptions-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        # time first so the files sort by run; the run id so two runs in one second differ
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        d.output_name = f"descriptions-{stamp}-{d.run_id[:8]}"
 
 
 def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfig:

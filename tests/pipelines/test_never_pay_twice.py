@@ -107,6 +107,33 @@ def test_a_repeated_run_sends_nothing_for_rows_already_described(tmp_path, run_j
         assert api.endpoint.requests == 7
 
 
+def test_runs_appending_in_the_same_second_write_files_of_their_own(tmp_path, monkeypatch):
+    """Scheduled retries can start within one second of each other: the stamp alone would give
+    both runs the same file names and the later one would replace the earlier one's rows."""
+    import time
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines import describe_images as job
+
+    source, _ = write_input(tmp_path, 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    keys = {"image_id": ["x"], "image_uri": ["u"], "request_key": ["k"]}
+    pq.write_table(pa.table(keys), out / "descriptions-0.parquet")
+    monkeypatch.setattr(time, "gmtime", lambda *_: time.struct_time((2026, 1, 2, 3, 4, 5, 0, 2, 0)))
+    names = set()
+    for _ in range(2):
+        options = PipelineOptions(
+            ["--input", source, "--output", str(out), "--api_base", "local"]
+            + ["--skip_existing", str(out)]
+        )
+        job.validate(options)
+        names.add(job.derived(options).output_name)
+    assert len(names) == 2
+    assert all(n.startswith("descriptions-20260102T030405Z-") for n in names)
+
+
 def test_skip_existing_on_an_empty_place_sends_everything(tmp_path, run_job, caplog):
     source, _ = write_input(tmp_path, 3)
     out = str(tmp_path / "out")
