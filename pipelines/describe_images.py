@@ -39,6 +39,7 @@ from transforms.core import images, models, netguard, prompts, secrets, structur
 from transforms.core.local_endpoint import ChatEndpoint
 from transforms.core.ratelimit import worker_count_share, worker_share
 from transforms.estimate_requests import EstimateRequests
+from transforms.group_by_content import GroupByContent
 from transforms.plan_requests import PlanRequests
 from transforms.read_existing_keys import ReadExistingKeys, check_existing_parquet
 from transforms.read_image_refs import ReadImageRefs, parquet_columns
@@ -330,6 +331,17 @@ class DescribeImagesOptions(PipelineOptions):
             "image_id, image_uri and request_key (model, prompt, schema, parameters) exists; "
             "failures are retried. May name --output or --output_table itself: new rows are "
             "added next to the old. Default: none.",
+        )
+        add(
+            "--group_identical_images",
+            type=_flag,
+            nargs="?",
+            const=True,
+            default=True,
+            help="Read every image once before sending (bytes only, no decode) so that identical "
+            "bytes under different references, asking the same question, are sent once across "
+            "all workers. Off: rows are grouped by reference, and identical bytes only within "
+            "one worker process. Default: on.",
         )
         add(
             "--max_images",
@@ -640,6 +652,8 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions, api_base: str, bi
             table=bool(d.existing_table),
         )
     requests, unplanned, skipped = refs | "PlanRequests" >> PlanRequests(cfg, existing)
+    if opts.group_identical_images:
+        requests = requests | "GroupByContent" >> GroupByContent(cfg)
     if d.dry_run:
         estimates = requests | "EstimateRequests" >> EstimateRequests(cfg)
         return estimates, unplanned, skipped
@@ -729,6 +743,10 @@ def format_summary(totals: dict[str, float], opts: DescribeImagesOptions) -> str
     described = int(totals.get("images_described", 0))
     failed = int(totals.get("images_failed", 0))
     elapsed = totals["elapsed_s"]
+    # merged before sending (GroupByContent), or caught by a worker process's ledger
+    same_bytes = int(
+        totals.get("rows_sharing_identical_bytes", 0) + totals.get("rows_reusing_an_answer", 0)
+    )
     lines = [
         "vision-enrich summary",
         f"  described   {described}",
@@ -738,8 +756,7 @@ def format_summary(totals: dict[str, float], opts: DescribeImagesOptions) -> str
         "answered 429)",
         f"  sent        {int(totals.get('images_sent', 0))} images for {described + failed} "
         f"rows ({int(totals.get('rows_sharing_a_request', 0))} rows shared a request with the "
-        f"same reference, {int(totals.get('rows_reusing_an_answer', 0))} reused the answer to "
-        "identical bytes)",
+        f"same reference, {same_bytes} with identical bytes under another reference)",
         f"  tokens      {int(totals.get('prompt_tokens', 0))} prompt (estimated "
         f"{int(totals.get('estimated_prompt_tokens', 0))}) + "
         f"{int(totals.get('completion_tokens', 0))} completion, from the usage blocks",
@@ -785,6 +802,9 @@ def format_dry_run(totals: dict[str, float], opts: DescribeImagesOptions) -> str
     text_t = int(totals.get("estimated_text_tokens", 0))
     bound = int(totals.get("estimated_completion_tokens", 0))
     prompt_cost = models.cost(prices, image_t + text_t, 0)
+    same_bytes = int(
+        totals.get("rows_sharing_identical_bytes", 0) + totals.get("dry_run_same_bytes", 0)
+    )
     lines = [
         f"vision-enrich dry run: nothing was sent ({opts.model}, {spec.family} family"
         + ("" if spec.known else ", not in the catalogue: OpenAI formula")
@@ -794,7 +814,7 @@ def format_dry_run(totals: dict[str, float], opts: DescribeImagesOptions) -> str
         f"{int(totals.get('images_failed', 0))} with a prompt that cannot be built",
         f"  requests    {int(totals.get('dry_run_requests', 0))} "
         f"({int(totals.get('rows_sharing_a_request', 0))} rows share a reference, "
-        f"{int(totals.get('dry_run_same_bytes', 0))} rows identical bytes; "
+        f"{same_bytes} rows identical bytes; "
         f"{int(totals.get('dry_run_unreadable', 0))} rows unreadable, would fail; "
         f"{int(totals.get('dry_run_unknown_size', 0))} images by URL, size unknown)",
         f"  tokens      {image_t} image + {text_t} text prompt tokens (estimated), "

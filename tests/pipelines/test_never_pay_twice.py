@@ -25,9 +25,12 @@ def write_rows(tmp_path, rows, name="input.parquet"):
     return str(tmp_path / name)
 
 
-def test_duplicate_images_cost_one_request(tmp_path, run_job, capsys):
+@pytest.mark.parametrize("grouped", ["true", "false"])
+def test_duplicate_images_cost_one_request(tmp_path, run_job, capsys, grouped):
     """The same reference three times, and the same bytes under two paths: one request each;
-    every row gets its own answer row, and exactly one row per request is marked billed."""
+    every row gets its own answer row, and exactly one row per request is marked billed. With
+    --group_identical_images the bytes are merged before sending (the smallest path is the one
+    sent); without, the worker process's ledger catches them."""
     paths = {}
     for i in range(4):
         path = tmp_path / f"img{i}.png"
@@ -40,7 +43,7 @@ def test_duplicate_images_cost_one_request(tmp_path, run_job, capsys):
     source = write_rows(tmp_path, rows)
     out = str(tmp_path / "out")
     with RecordingApi() as api:
-        run_job(api, source, out)
+        run_job(api, source, out, f"--group_identical_images={grouped}")
     assert api.endpoint.requests == 4
     described = {r["image_id"]: r for r in read_output(out, "descriptions").to_pylist()}
     assert set(described) == {r[0] for r in rows}
@@ -51,10 +54,50 @@ def test_duplicate_images_cost_one_request(tmp_path, run_job, capsys):
     billed = {k for k, r in described.items() if r["billed"]}
     assert len(billed & {"a0", "a1", "a2"}) == 1 and len(billed & {"b0", "b1"}) == 1
     assert {"c", "d"} <= billed and len(billed) == 4
+    if grouped == "true":
+        assert "b1" in billed  # copy-of-img1.png sorts before img1.png
     summary = capsys.readouterr().out
     assert "sent        4 images for 7 rows" in summary
     assert "2 rows shared a request with the same reference" in summary
-    assert "1 reused the answer to identical bytes" in summary
+    assert "1 with identical bytes under another reference" in summary
+
+
+@pytest.mark.slow
+def test_identical_images_cost_one_request_across_worker_processes(tmp_path, run_job):
+    """Three photos, each copied under eight paths, spread over two worker processes: three
+    requests, not one per copy per process."""
+    rows = []
+    for seed in range(3):
+        data = timg.png(seed=seed)
+        for copy in range(8):
+            path = tmp_path / f"sku-{copy}-{seed}.png"
+            path.write_bytes(data)
+            rows.append((f"sku-{copy}-{seed}", str(path)))
+    source = write_rows(tmp_path, rows)
+    out = str(tmp_path / "out")
+    with RecordingApi() as api:
+        run_job(
+            api,
+            source,
+            out,
+            "--runner",
+            "DirectRunner",
+            "--direct_num_workers",
+            2,
+            "--direct_running_mode",
+            "multi_processing",
+        )
+    assert api.endpoint.requests == 3
+    described = read_output(out, "descriptions").to_pylist()
+    assert sorted(r["image_id"] for r in described) == sorted(r[0] for r in rows)
+    assert sorted(r["image_id"] for r in described if r["billed"]) == [
+        "sku-0-0",
+        "sku-0-1",
+        "sku-0-2",
+    ]
+    for r in described:  # each row under its own reference, with its photo's answer
+        assert r["image_uri"] == str(tmp_path / f"{r['image_id']}.png")
+        assert r["description"] == f"sha256:{r['image_sha256']}"
 
 
 def failing_for(digest):

@@ -425,6 +425,25 @@ def test_inspect_reads_size_and_hash_without_decoding(tmp_path):
     assert by_url.width is None and by_url.url == "https://example.org/a.jpg"
 
 
+def test_content_hash_reads_the_bytes_only(tmp_path):
+    """The hash that groups identical images before any request: the same for a file and a
+    data: URL of the same bytes, taken from bytes that are not even an image; nothing fetched
+    for an http(s) image sent by URL; unreadable references raise as prepare does."""
+    data = timg.png(seed=3)
+    loader = ImageLoader()
+    data_url = "data:image/png;base64," + base64.b64encode(data).decode()
+    assert loader.content_hash(write(tmp_path, "a.png", data)) == hashlib.sha256(data).hexdigest()
+    assert loader.content_hash(data_url) == hashlib.sha256(data).hexdigest()
+    assert (
+        loader.content_hash(write(tmp_path, "t.txt", b"text"))
+        == hashlib.sha256(b"text").hexdigest()
+    )
+    assert loader.content_hash("https://example.org/a.jpg") is None
+    with pytest.raises(ImageError) as info:
+        loader.content_hash(str(tmp_path / "missing.png"))
+    assert info.value.error_type == "not_found"
+
+
 def test_formats_a_model_does_not_take_are_converted():
     gif = timg.encode(timg.gradient(), "GIF")
     as_is = ImageLoader().prepare_bytes(gif)

@@ -113,6 +113,13 @@ class ImageLoader:
         http(s) image that is not inlined is not fetched: its size stays unknown."""
         return self._load(reference, self.inspect_bytes)
 
+    def content_hash(self, reference: str | None) -> str | None:
+        """sha256 of the image's bytes, read but neither decoded nor checked to be an image (to
+        group identical images before any request is sent). None for an http(s) image that is
+        not inlined: it is sent by URL and never read here. Raises ``ImageError`` as ``prepare``
+        does when the bytes cannot be read."""
+        return self._load(reference, _hashed).sha256
+
     def _load(self, reference: str | None, then: Callable[[bytes], PreparedImage]) -> PreparedImage:
         ref = (reference or "").strip() if isinstance(reference, str) else reference
         if ref is None or ref == "":
@@ -393,6 +400,10 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     lo, hi = float(arr.min()), float(arr.max())
     scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
     return Image.fromarray(scaled.astype(np.uint8), "L")
+
+
+def _hashed(data: bytes) -> PreparedImage:
+    return PreparedImage(url="", sha256=hashlib.sha256(data).hexdigest())
 
 
 def _describe_bytes(data: bytes) -> str:
