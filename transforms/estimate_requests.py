@@ -18,7 +18,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import describe_images as di
-from transforms.core import images, models, netguard
+from transforms.core import images, models
 
 
 class _Estimate(beam.DoFn):
@@ -31,8 +31,7 @@ class _Estimate(beam.DoFn):
         self._template, self._schema = di.question(cfg)
         self._instructions = di.sent_instructions(self._spec, self._schema)
         options = di.image_options(cfg, self._spec)
-        self._session = netguard.guarded_session(netguard.parse_networks(options.allowed_networks))
-        self._loader = images.ImageLoader(options, http_session=self._session)
+        self._loader = images.ImageLoader(options)
         self._seen: set[str] = set()
         self._lock = threading.Lock()
         c = lambda name: Metrics.counter(di.NAMESPACE, name)  # noqa: E731
@@ -43,7 +42,7 @@ class _Estimate(beam.DoFn):
         self._completion_t = c("estimated_completion_tokens")
 
     def teardown(self):
-        self._session.close()
+        self._loader.close()
 
     def process(self, ref):
         chat = self._cfg.chat

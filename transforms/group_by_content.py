@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import describe_images as di
-from transforms.core import images, ledger, models, netguard
+from transforms.core import images, ledger, models
 
 
 class _KeyByContent(beam.DoFn):
@@ -29,13 +29,12 @@ class _KeyByContent(beam.DoFn):
         self._cfg = cfg
 
     def setup(self):
-        options = di.image_options(self._cfg, models.spec_for(self._cfg.chat.model))
-        self._session = netguard.guarded_session(netguard.parse_networks(options.allowed_networks))
-        self._loader = images.ImageLoader(options, http_session=self._session)
+        spec = models.spec_for(self._cfg.chat.model)
+        self._loader = images.ImageLoader(di.image_options(self._cfg, spec))
         self._unread = Metrics.counter(di.NAMESPACE, "content_hash_unread")
 
     def teardown(self):
-        self._session.close()
+        self._loader.close()
 
     def process(self, ref):
         try:

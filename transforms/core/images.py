@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -100,6 +101,8 @@ class ImageLoader:
     ):
         self.options = options
         self._http = http_session
+        self._own_http: requests.Session | None = None
+        self._http_lock = threading.Lock()
         self._gcs_factory = gcs_client or _default_gcs_client
         self._gcs = None
 
@@ -112,6 +115,11 @@ class ImageLoader:
         building a data: URL (``--dry_run``). The bytes are still read: the hash needs them. An
         http(s) image that is not inlined is not fetched: its size stays unknown."""
         return self._load(reference, self.inspect_bytes)
+
+    def close(self) -> None:
+        """Close the http(s) session the loader made for itself (one passed in is the caller's)."""
+        if self._own_http is not None:
+            self._own_http.close()
 
     def content_hash(self, reference: str | None) -> str | None:
         """sha256 of the image's bytes, read but neither decoded nor checked to be an image (to
@@ -229,9 +237,12 @@ class ImageLoader:
         """Fetch with the SSRF guard (netguard), at most ``max_read_bytes`` and about
         ``http_timeout`` seconds in all, re-checking every redirect."""
         if self._http is None:
-            self._http = netguard.guarded_session(
-                netguard.parse_networks(self.options.allowed_networks)
-            )
+            with self._http_lock:  # threads share a loader: make one session, not one each
+                if self._http is None:
+                    self._own_http = netguard.guarded_session(
+                        netguard.parse_networks(self.options.allowed_networks)
+                    )
+                    self._http = self._own_http
         timeout = self.options.http_timeout
         deadline = time.monotonic() + timeout
         try:
