@@ -1,0 +1,120 @@
+"""What a describe job asks and how, shared by its transforms and workers. No Beam import.
+
+``DescribeConfig`` is pickled with the DoFns, so it holds configuration only, never a secret.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from schemas import rows as schema
+from transforms.core import images, ledger, models, prompts, structured, vision_api
+
+NAMESPACE = "vision_enrich"
+DESCRIPTIONS = "descriptions"
+FAILURES = "failures"
+RESERVED_COLUMNS = tuple(schema.DESCRIPTION_COLUMNS) + ("is_safe", "categories")
+
+
+@dataclasses.dataclass(frozen=True)
+class DescribeConfig:
+    """Everything a worker needs; pickled with the DoFn, so it holds no secret."""
+
+    api_base: str
+    api_key_env: str | None = "AIMLAPI_API_KEY"  # None: send no Authorization header
+    api_key_secret: str | None = None  # a Secret Manager version; wins over api_key_env
+    chat: vision_api.ChatConfig = vision_api.ChatConfig()
+    image: images.ImageOptions = images.ImageOptions()
+    retry: vision_api.RetryPolicy = vision_api.RetryPolicy()
+    max_concurrency: int = 8
+    request_timeout: float = 60.0
+    requests_per_minute: float = 0.0  # this worker process's share of the job's budget
+    tokens_per_minute: float = 0.0  # likewise, for tokens
+    batch_size: int = 0  # rows per batch; 0: 4 x max_concurrency
+    stop_after_account_errors: int = 3  # 401/402/403 answers before a worker stops sending
+    progress_interval: float = 10.0
+    output_schema: str | None = None  # --output_schema's text (a file's content, not its path)
+    prompt_template: str | None = None  # e.g. "Describe this product: {title}"
+    max_prompt_chars: int = 20_000
+    max_images: int = 0  # this worker process's share of --max_images; 0: no limit
+    max_cost: float = 0.0  # likewise for --max_cost, US dollars
+    price_table: tuple[tuple[str, float, float], ...] = ()  # (model, input, output) $/1M tokens
+    # one per job run: a process that runs the job twice (a scheduler, a notebook) gets a fresh
+    # worker, so its ledger of answers does not carry over from the last run
+    run_id: str = ""
+
+
+def question(cfg: DescribeConfig):
+    """(prompt template or None, parsed output schema or None) of a job's config."""
+    template = (
+        prompts.PromptTemplate(cfg.prompt_template, cfg.max_prompt_chars)
+        if cfg.prompt_template
+        else None
+    )
+    schema = (
+        structured.parse_output_schema(cfg.output_schema, RESERVED_COLUMNS)
+        if cfg.output_schema
+        else None
+    )
+    return template, schema
+
+
+def plan_ref(ref: dict[str, Any], cfg: DescribeConfig, template, schema) -> dict[str, Any]:
+    """The ref with its ``prompt`` and ``request_key`` (see ``ledger.request_key``); raises
+    ``prompts.PromptError`` when the prompt cannot be built from the row's columns."""
+    chat = cfg.chat
+    prompt = template.render(ref.get("values") or {}) if template else chat.prompt
+    planned = {k: v for k, v in ref.items() if k != "values"}
+    planned["prompt"] = prompt
+    planned["request_key"] = ledger.request_key(
+        chat.model,
+        prompt,
+        chat.system_prompt,
+        schema.canonical if schema else None,
+        chat.max_tokens,
+        chat.detail,
+        cfg.image.max_side,
+    )
+    return planned
+
+
+def extra_fields(cfg: DescribeConfig) -> tuple:
+    """Columns a job adds to its description rows: the structured answer's, or a moderation
+    model's verdict (``is_safe``, ``categories``)."""
+    if models.spec_for(cfg.chat.model).moderation:
+        return structured.GUARD_FIELDS
+    if cfg.output_schema:
+        return structured.parse_output_schema(cfg.output_schema, RESERVED_COLUMNS).fields
+    return ()
+
+
+# Answers that mean the account cannot go on (bad key, no credit, quota exhausted): sending the
+# rest of a million rows would only fail them one by one.
+
+
+def sent_instructions(spec: models.ModelSpec, schema) -> str:
+    """The schema instructions that travel in the prompt (counted in token estimates): none
+    when the model takes the schema as ``response_format`` json_schema."""
+    if schema is None or spec.response_format == "json_schema":
+        return ""
+    return structured.instructions(schema)
+
+
+def image_options(cfg: DescribeConfig, spec: models.ModelSpec) -> images.ImageOptions:
+    """The job's image options within the model's limits (side, bytes, formats)."""
+    formats = tuple(f for f, mime in images.SENDABLE.items() if mime in spec.image_mimes)
+    return dataclasses.replace(
+        cfg.image,
+        max_side=min(cfg.image.max_side, spec.max_image_side),
+        max_send_bytes=min(cfg.image.max_send_bytes, spec.max_image_bytes),
+        send_formats=formats,
+    )
+
+
+def scaled_size(width, height, max_side):
+    """The size an image is sent at: its longer side brought down to ``max_side``."""
+    if not width or not height:
+        return None, None
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))

@@ -1,0 +1,372 @@
+"""One worker process's describer: loads, asks and answers for a group of rows. No Beam import.
+
+``Worker`` composes the per-process parts (API session, image loader, ledger of shared answers,
+budget, breaker, progress line) and turns one planned reference (and its duplicates) into an
+``Outcome``: its rows and what was asked and paid for them. ``DescribeImagesFn`` drives it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any
+
+from transforms.core import (
+    images,
+    ledger,
+    models,
+    netguard,
+    prompts,
+    sanitize,
+    secrets,
+    structured,
+    vision_api,
+)
+from transforms.core.describe_config import (
+    DESCRIPTIONS,
+    FAILURES,
+    DescribeConfig,
+    image_options,
+    plan_ref,
+    question,
+    scaled_size,
+    sent_instructions,
+)
+from transforms.core.ratelimit import AdaptiveConcurrency, RateLimiter, ThrottleGate
+from transforms.core.row_builders import (
+    _now,
+    answer_columns,
+    description_row,
+    failure_row,
+    internal_error,
+    internal_failure_rows,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+ACCOUNT_STATUSES = frozenset({401, 402, 403})
+
+
+class Tally:
+    """Per-process running totals for the progress line (Beam counters are per bundle)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.described = self.failed = self.requests = self.retries = self.rate_limited = 0
+        self.submitted = 0
+        self.started = time.monotonic()
+
+
+class Worker:
+    """What one worker process shares among its DoFn instances and threads."""
+
+    def __init__(self, cfg: DescribeConfig):
+        self.cfg = cfg
+        key = secrets.api_key(cfg.api_key_env, cfg.api_key_secret)
+        # from here on, no row, error or log line of this process can carry the key
+        sanitize.register_secret(key)
+        sanitize.install_log_redaction()
+        # The API session carries the key; images are fetched on the loader's own guarded
+        # session, so the key can never travel to an image host.
+        self.session = vision_api.new_session(
+            key, cfg.max_concurrency, vision_api.chat_completions_url(cfg.api_base)
+        )
+        self.image_session = netguard.guarded_session(
+            netguard.parse_networks(cfg.image.allowed_networks), cfg.max_concurrency
+        )
+        self.spec = models.spec_for(cfg.chat.model)
+        if not self.spec.known:
+            _LOGGER.warning(
+                "model %r is not in the catalogue: sending OpenAI-style requests (no "
+                "response_format; structured answers are asked for in the prompt)",
+                cfg.chat.model,
+            )
+        self.template, self.schema = question(cfg)
+        self.instructions = structured.instructions(self.schema) if self.schema else None
+        self.sent_instructions = sent_instructions(self.spec, self.schema)
+        self.prices = models.prices(self.spec, {m: (i, o) for m, i, o in cfg.price_table})
+        self.shared = ledger.SharedAnswers()
+        self.budget = ledger.Budget(cfg.max_images, cfg.max_cost)
+        self.slots = AdaptiveConcurrency(cfg.max_concurrency)
+        self.client = vision_api.VisionClient(
+            self.session,
+            cfg.api_base,
+            timeout=cfg.request_timeout,
+            retry=cfg.retry,
+            slots=self.slots,
+            gate=ThrottleGate(),
+            limiter=RateLimiter(cfg.requests_per_minute) if cfg.requests_per_minute else None,
+            token_budget=RateLimiter(cfg.tokens_per_minute) if cfg.tokens_per_minute else None,
+            secrets=(key,) if key else (),
+        )
+        self.loader = images.ImageLoader(
+            image_options(cfg, self.spec), http_session=self.image_session
+        )
+        # a couple of threads more than request slots, so images are prepared while the slots
+        # are busy; the slots alone bound what is in flight
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=cfg.max_concurrency + 2, thread_name_prefix="vision-enrich"
+        )
+        self.tally = Tally()
+        self._breaker_lock = threading.Lock()
+        self._account_errors = 0
+        self.stopped: str | None = None  # why this worker stopped sending, once it has
+        self._stop = threading.Event()
+        self._progress = threading.Thread(
+            target=self._report, name="vision-enrich-progress", daemon=True
+        )
+        self._progress.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.executor.shutdown(wait=True)
+        self.session.close()
+        self.image_session.close()
+
+    def _report(self) -> None:
+        last = None
+        while not self._stop.wait(self.cfg.progress_interval):
+            t = self.tally
+            with t.lock:
+                done = t.described + t.failed
+                snapshot = (done, t.requests)
+                line = (
+                    done,
+                    t.described,
+                    t.failed,
+                    t.submitted - done,
+                    t.requests,
+                    t.retries,
+                    t.rate_limited,
+                    self.slots.limit,
+                    done / max(1e-9, time.monotonic() - t.started),
+                )
+            if snapshot != last:
+                _LOGGER.info(
+                    "progress: %d done (%d described, %d failed), %d pending, %d requests, "
+                    "%d retries, %d rate-limited, concurrency %d, %.1f images/s",
+                    *line,
+                )
+                last = snapshot
+
+    def _note_account_error(self, result: vision_api.CallResult) -> None:
+        with self._breaker_lock:
+            self._account_errors += 1
+            if self.stopped or self._account_errors < self.cfg.stop_after_account_errors:
+                return
+            self.stopped = (
+                f"not sent: the API refused this account {self._account_errors} times "
+                f"(last: {result.error}); fix the key or quota, then rerun these failures"
+            )
+        _LOGGER.error("stopped sending requests: %s", self.stopped)
+
+    # -- one group of rows, on an executor thread ---------------------------------------------
+    def describe_contained(self, ref: dict[str, Any]) -> Outcome:
+        """``describe``, with every exception it lets through turned into failure rows for all of
+        the group's rows (``internal``): one row's bug or exotic input never fails the bundle."""
+        out = Outcome()
+        try:
+            return self.describe(ref, out)
+        except Exception as exc:
+            _LOGGER.exception("unexpected error at stage %s of one group of rows", out.stage)
+            try:
+                refs = [ref, *(ref.get("duplicates") or ())]
+            except Exception:
+                refs = [ref]
+            out.rows = [
+                (FAILURES, row)
+                for row in internal_failure_rows(
+                    refs, out.stage, exc, self.cfg, out.result.attempts
+                )
+            ]
+            return out
+
+    def describe(self, ref: dict[str, Any], out: Outcome | None = None) -> Outcome:
+        """The rows for ``ref`` and its ``duplicates`` (rows with the same reference and question,
+        see ``PlanRequests``): at most one request is paid for all of them. ``out.stage`` follows
+        the work (read, decode, request, response), for ``describe_contained``."""
+        cfg = self.cfg
+        out = out if out is not None else Outcome()
+        out.stage = "read"
+        refs = [ref, *(ref.get("duplicates") or ())]
+
+        def fail(stage, error, error_type, status=None, request_id=None, attempts=0):
+            out.rows = [
+                (
+                    FAILURES,
+                    failure_row(r, stage, error, error_type, status, request_id, attempts, cfg),
+                )
+                for r in refs
+            ]
+            return out
+
+        if "request_key" not in ref:  # used without PlanRequests
+            try:
+                ref = plan_ref(ref, cfg, self.template, self.schema)
+            except prompts.PromptError as exc:
+                return fail("read", str(exc), exc.error_type)
+        if self.stopped:
+            return fail("request", self.stopped, "account_stopped")
+        try:
+            prepared = self.loader.prepare(ref.get("image_uri"))
+        except images.ImageError as exc:
+            return fail(exc.stage, exc.message, exc.error_type, exc.http_status)
+        out.stage = "request"
+        # identical bytes asked the same question: one request for the process
+        key = f"{prepared.sha256}:{ref['request_key']}" if prepared.sha256 else None
+        if key is not None:
+            owner, entry = self.shared.claim(key)
+            if not owner:
+                *answer, paid_by = self.shared.wait(entry)
+                # the same row again is a retried bundle re-running it: the request it paid for
+                # is still its own (the first run's rows were discarded with the bundle)
+                again = paid_by == ref.get("image_id")
+                out.reused = not again
+                return self._rows(out, answer, refs, billed=again and answer[0] == "ok")
+        try:
+            answer = self._ask(ref, prepared, out)
+        except BaseException:
+            if key is not None:
+                self.shared.abandon(key, entry)
+            raise
+        if key is not None:
+            self.shared.publish(key, entry, (*answer, ref.get("image_id") if out.sent else None))
+        return self._rows(out, answer, refs, billed=out.sent)
+
+    def _ask(self, ref, prepared: images.PreparedImage, out: Outcome) -> tuple[str, Any]:
+        """Send one request (and one more if a structured answer does not validate).
+        ``('ok', answer columns)`` or ``('fail', failure_row arguments)``."""
+        cfg, chat, spec = self.cfg, self.cfg.chat, self.spec
+        prompt = ref["prompt"]
+        width, height = scaled_size(prepared.width, prepared.height, self.loader.options.max_side)
+        image_t, text_t, bound = models.estimate_tokens(
+            spec,
+            width,
+            height,
+            chat.detail,
+            prompt,
+            chat.system_prompt,
+            chat.max_tokens,
+            self.sent_instructions,
+        )
+        estimate = image_t + text_t
+        estimated_cost = models.cost(self.prices, estimate, bound)
+        if not self.budget.reserve(estimated_cost):
+            return "fail", ("request", self.budget.reason(), "budget_reached", None, None, 0)
+        out.sent = True
+        out.estimated_prompt_tokens, out.estimated_cost = estimate, estimated_cost
+        body = vision_api.build_request(
+            prepared.url,
+            chat,
+            prompt=prompt,
+            json_schema=self.schema.json_schema if self.schema else None,
+            schema_instructions=self.instructions,
+        )
+        try:
+            for attempt in (1, 2):
+                try:
+                    result = self.client.complete(
+                        body, estimate + bound if cfg.tokens_per_minute else 0
+                    )
+                except Exception as exc:
+                    _LOGGER.exception("unexpected error requesting %s", ref.get("image_id"))
+                    return "fail", (
+                        "request",
+                        internal_error("request", exc),
+                        "internal",
+                        None,
+                        None,
+                        out.result.attempts,
+                    )
+                out.add(result)
+                if not result.ok:
+                    if result.http_status in ACCOUNT_STATUSES:
+                        self._note_account_error(result)
+                    return "fail", (
+                        result.stage or "request",
+                        result.error or "",
+                        result.error_type,
+                        result.http_status,
+                        result.request_id,
+                        out.result.attempts,
+                    )
+                out.stage = "response"
+                c = result.completion
+                out.prompt_tokens += c.prompt_tokens or 0
+                out.completion_tokens += c.completion_tokens or 0
+                out.cost += models.cost(
+                    self.prices,
+                    estimate if c.prompt_tokens is None else c.prompt_tokens,
+                    0 if c.completion_tokens is None else c.completion_tokens,
+                )
+                try:
+                    columns = self._parse(c.content)
+                except structured.AnswerError as exc:
+                    if attempt == 1:
+                        _LOGGER.info(
+                            "answer for %s did not validate, asking once more: %s",
+                            ref.get("image_id"),
+                            exc,
+                        )
+                        continue
+                    what = "Llama Guard verdict" if spec.moderation else "--output_schema"
+                    return "fail", (
+                        "response",
+                        self.client.redact(
+                            f"the answer does not match the {what} after 2 requests: {exc}"
+                        ),
+                        "invalid_answer",
+                        200,
+                        c.response_id,
+                        out.result.attempts,
+                    )
+                return "ok", answer_columns(prepared, out.result, c, cfg, ref, columns)
+            raise AssertionError("unreachable")
+        finally:
+            self.budget.settle(estimated_cost, out.cost)
+
+    def _parse(self, content: str) -> dict[str, Any]:
+        if self.spec.moderation:
+            return structured.parse_guard_answer(content)
+        if self.schema is not None:
+            return structured.parse_answer(self.schema, content)
+        return {}
+
+    def _rows(self, out, answer, refs, billed: bool) -> Outcome:
+        kind, value = answer
+        if kind == "fail":
+            out.rows = [(FAILURES, failure_row(r, *value[:5], value[5], self.cfg)) for r in refs]
+            return out
+        now = _now()
+        out.rows = [
+            (DESCRIPTIONS, description_row(r, value, billed and i == 0, now))
+            for i, r in enumerate(refs)
+        ]
+        return out
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one group of rows came to: its rows, and what was asked and paid for them."""
+
+    rows: list = dataclasses.field(default_factory=list)  # (tag, row)
+    stage: str = "read"  # how far the work got (the stage of an unexpected error)
+    result: vision_api.CallResult = dataclasses.field(default_factory=vision_api.CallResult)
+    sent: bool = False  # a request was made (and counted against the budget)
+    reused: bool = False  # the answer of an identical image was reused
+    prompt_tokens: int = 0  # from the usage blocks of every answer paid for
+    completion_tokens: int = 0
+    estimated_prompt_tokens: int = 0
+    cost: float = 0.0  # US dollars at the price table's rates
+    estimated_cost: float = 0.0
+
+    def add(self, call: vision_api.CallResult) -> None:
+        r = self.result
+        r.attempts += call.attempts
+        r.retries += call.retries
+        r.rate_limited += call.rate_limited
+        r.throttled_seconds += call.throttled_seconds
+        r.latency_ms = call.latency_ms
