@@ -54,6 +54,10 @@ class _Estimate(beam.DoFn):
             self._unreadable.inc(rows)
             yield {"image_id": ref.get("image_id"), "rows": rows, "error": exc.message}
             return
+        except Exception as exc:  # a surprise in one image must not end the dry run
+            self._unreadable.inc(rows)
+            yield {"image_id": ref.get("image_id"), "rows": rows, "error": type(exc).__name__}
+            return
         if found.sha256:
             with self._lock:
                 seen = (found.sha256, ref["request_key"]) in self._seen

@@ -16,11 +16,15 @@ failure row with stage ``read`` and error type ``bad_prompt``.
 
 from __future__ import annotations
 
+import logging
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import describe_images as di
 from transforms.core import ledger, prompts
+
+_LOGGER = logging.getLogger(__name__)
 
 PLANNED = "planned"
 SKIPPED = "skipped"
@@ -43,6 +47,11 @@ class _Render(beam.DoFn):
                 di.FAILURES,
                 di.failure_row(ref, "read", str(exc), exc.error_type, None, None, 0, self._cfg),
             )
+        except Exception as exc:  # one row's surprise is that row's failure, not the job's
+            _LOGGER.exception("unexpected error planning one row")
+            self._bad.inc()
+            for row in di.internal_failure_rows([ref], "read", exc, self._cfg):
+                yield beam.pvalue.TaggedOutput(di.FAILURES, row)
 
 
 class _Group(beam.DoFn):

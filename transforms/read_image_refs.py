@@ -4,6 +4,10 @@ Reads local or ``gs://`` files (a file or a glob) through Beam's filesystems, ke
 reference column and, when there is one, the id column. Without an id column the reference is the
 id. Nothing is dropped here: null and blank references travel on and become failure rows, so every
 input row is accounted for.
+
+A file that cannot be read (corrupt pages, a missing column, not Parquet at all) stops the job
+with ``InputError``: no row of it can be accounted for. Its message names the file, the row group
+and the problem in one line, which the job prints instead of a traceback.
 """
 
 from __future__ import annotations
@@ -11,8 +15,69 @@ from __future__ import annotations
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
+
+INPUT_ERROR = "vision-enrich input error"
+BATCH_ROWS = 8192  # rows decoded at a time: memory stays flat whatever the row-group size
+
+
+class InputError(RuntimeError):
+    """An input file cannot be read; the message is one line a person can act on."""
+
+    def __init__(self, message: str):
+        # runners re-raise an error as type(exc)(f"{exc} [while running ...]"): prefix once
+        super().__init__(message if INPUT_ERROR in message else f"{INPUT_ERROR}: {message}")
+
+
+def input_error_line(exc: BaseException) -> str | None:
+    """The one-line message of an ``InputError`` inside whatever a runner wrapped it in."""
+    text = str(exc)
+    at = text.find(INPUT_ERROR)
+    if at == -1:
+        return None
+    return text[at:].splitlines()[0][:1000]
+
+
+class _ReadParquetFile(beam.DoFn):
+    """A matched Parquet file -> its rows (only ``columns``), one row group in memory at a time."""
+
+    def __init__(self, columns: list[str]):
+        self._columns = columns
+
+    def process(self, readable: fileio.ReadableFile):
+        path = readable.metadata.path
+        with readable.open() as f:
+            try:
+                reader = pq.ParquetFile(f)
+                groups = reader.num_row_groups
+            except (OSError, pa.ArrowException, ValueError) as exc:
+                raise InputError(f"{path} is not readable Parquet: {_one_line(exc)}") from None
+            missing = [c for c in self._columns if c not in reader.schema_arrow.names]
+            if missing:
+                raise InputError(
+                    f"{path} has no column {', '.join(map(repr, missing))} (its columns: "
+                    f"{', '.join(reader.schema_arrow.names)[:300]})"
+                )
+            for i in range(groups):
+                batches = reader.iter_batches(BATCH_ROWS, row_groups=[i], columns=self._columns)
+                while True:
+                    try:
+                        batch = next(batches, None)
+                    except (OSError, pa.ArrowException, ValueError) as exc:
+                        raise InputError(
+                            f"{path}: row group {i + 1} of {groups} is corrupt: "
+                            f"{_one_line(exc)}; rewrite or remove the file and rerun"
+                        ) from None
+                    if batch is None:
+                        break
+                    yield from batch.to_pylist()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 def parquet_columns(file_pattern: str) -> list[str]:
@@ -83,6 +148,8 @@ class ReadImageRefs(beam.PTransform):
         columns = read_columns(self._image_column, self._id_column, self._values)
         return (
             pbegin
-            | "ReadParquet" >> beam.io.ReadFromParquet(self._pattern, columns=columns)
+            | "MatchInput" >> fileio.MatchFiles(self._pattern)
+            | "OpenInput" >> fileio.ReadMatches()
+            | "ReadParquet" >> beam.ParDo(_ReadParquetFile(columns))
             | "ToImageRefs" >> beam.Map(to_ref, self._image_column, self._id_column, self._values)
         )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 
+from transforms.core import sanitize
+
 SECRET_VERSION = re.compile(r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$")
 
 
@@ -49,15 +51,19 @@ def read_secret(name: str) -> str:
 
 
 def api_key(env: str | None, secret: str | None) -> str | None:
-    """The key: from Secret Manager when ``secret`` is set, else from the variable ``env``."""
+    """The key: from Secret Manager when ``secret`` is set, else from the variable ``env``.
+    Whatever is read is registered for redaction (``sanitize``) before it is returned."""
     if secret:
-        return read_secret(secret)
-    if env:
+        value = read_secret(secret)
+    elif env:
         value = os.environ.get(env)
         if not value:
             raise ApiKeyError(
                 f"the environment variable {env} is not set on this worker; on "
                 "Dataflow use --api_key_secret"
             )
-        return value.strip()
-    return None
+        value = value.strip()
+    else:
+        return None
+    sanitize.register_secret(value)
+    return value
