@@ -1,0 +1,122 @@
+"""The lines a run prints at its end: the summary of a run and the estimate of a dry run, from the
+job's counters."""
+
+from __future__ import annotations
+
+from apache_beam.metrics.metric import MetricsFilter
+
+from pipelines.describe_options import DescribeImagesOptions
+from pipelines.describe_setup import derived
+from transforms import describe_images as di
+from transforms.core import (
+    models,
+)
+
+
+def summarize(result, elapsed: float) -> dict[str, float]:
+    """Totals of the job's counters, read back from the pipeline result."""
+    totals: dict[str, float] = {}
+    query = result.metrics().query(MetricsFilter().with_namespace(di.NAMESPACE))
+    for counter in query["counters"]:
+        name = counter.key.metric.name
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[name] = totals.get(name, 0) + (value or 0)
+    totals["elapsed_s"] = elapsed
+    return totals
+
+
+def _outputs(opts: DescribeImagesOptions) -> list[str]:
+    places = []
+    if opts.output:
+        places.append(f"{opts.output}/descriptions-*.parquet, {opts.output}/failures-*.parquet")
+    if opts.output_table:
+        places.append(f"BigQuery {opts.output_table}, {opts.failures_table}")
+    return places
+
+
+def format_summary(totals: dict[str, float], opts: DescribeImagesOptions) -> str:
+    described = int(totals.get("images_described", 0))
+    failed = int(totals.get("images_failed", 0))
+    elapsed = totals["elapsed_s"]
+    # merged before sending (GroupByContent), or caught by a worker process's ledger
+    same_bytes = int(
+        totals.get("rows_sharing_identical_bytes", 0) + totals.get("rows_reusing_an_answer", 0)
+    )
+    lines = [
+        "vision-enrich summary",
+        f"  described   {described}",
+        f"  failed      {failed}",
+        f"  requests    {int(totals.get('requests', 0))} "
+        f"({int(totals.get('retries', 0))} retries, {int(totals.get('http_429', 0))} "
+        "answered 429)",
+        f"  sent        {int(totals.get('images_sent', 0))} images for {described + failed} "
+        f"rows ({int(totals.get('rows_sharing_a_request', 0))} rows shared a request with the "
+        f"same reference, {same_bytes} with identical bytes under another reference)",
+        f"  tokens      {int(totals.get('prompt_tokens', 0))} prompt (estimated "
+        f"{int(totals.get('estimated_prompt_tokens', 0))}) + "
+        f"{int(totals.get('completion_tokens', 0))} completion, from the usage blocks",
+        f"  cost        ${totals.get('cost_microdollars', 0) / 1e6:.4f} at {_price_source(opts)} "
+        f"(estimated ${totals.get('estimated_cost_microdollars', 0) / 1e6:.4f} before sending, "
+        "completion at --max_tokens)",
+        f"  elapsed     {elapsed:.1f} s",
+        f"  throttled   {int(totals.get('cumulativeThrottlingSeconds', 0))} s waiting on the "
+        "rate budget or the provider's 429s",
+        f"  throughput  {(described + failed) / max(elapsed, 1e-9):.2f} images/s",
+        *[f"  output      {where}" for where in _outputs(opts)],
+    ]
+    skipped = int(totals.get("rows_skipped_existing", 0))
+    if opts.skip_existing:
+        lines.append(f"  skipped     {skipped} rows already described in {opts.skip_existing}")
+    over = int(totals.get("rows_over_budget", 0))
+    if over:
+        lines.append(
+            f"  BUDGET      {over} rows were not sent: budget reached (--max_images / "
+            "--max_cost); they are in the failures output, rerun with --skip_existing to go on"
+        )
+    not_sent = int(totals.get("rows_not_sent", 0))
+    if not_sent:
+        lines.append(
+            f"  STOPPED     {not_sent} rows were not sent: the API refused the account "
+            "(401/402/403); see failures-*.parquet for the reason, fix it, rerun the failures"
+        )
+    return "\n".join(lines)
+
+
+def _price_source(opts: DescribeImagesOptions) -> str:
+    table = derived(opts).prices
+    prices = models.prices(models.spec_for(opts.model), table)
+    where = "--price_table" if opts.model in table else "list"
+    return f"{where} prices (${prices[0]:g} / ${prices[1]:g} per 1M input / output tokens)"
+
+
+def format_dry_run(totals: dict[str, float], opts: DescribeImagesOptions) -> str:
+    """What the run would send and cost, from the ``EstimateRequests`` counters."""
+    spec = models.spec_for(opts.model)
+    prices = models.prices(spec, derived(opts).prices)
+    image_t = int(totals.get("estimated_image_tokens", 0))
+    text_t = int(totals.get("estimated_text_tokens", 0))
+    bound = int(totals.get("estimated_completion_tokens", 0))
+    prompt_cost = models.cost(prices, image_t + text_t, 0)
+    same_bytes = int(
+        totals.get("rows_sharing_identical_bytes", 0) + totals.get("dry_run_same_bytes", 0)
+    )
+    lines = [
+        f"vision-enrich dry run: nothing was sent ({opts.model}, {spec.family} family"
+        + ("" if spec.known else ", not in the catalogue: OpenAI formula")
+        + ")",
+        f"  rows        {int(totals.get('dry_run_rows', 0))} planned, "
+        f"{int(totals.get('rows_skipped_existing', 0))} skipped as already described, "
+        f"{int(totals.get('images_failed', 0))} with a prompt that cannot be built",
+        f"  requests    {int(totals.get('dry_run_requests', 0))} "
+        f"({int(totals.get('rows_sharing_a_request', 0))} rows share a reference, "
+        f"{same_bytes} rows identical bytes; "
+        f"{int(totals.get('dry_run_unreadable', 0))} rows unreadable, would fail; "
+        f"{int(totals.get('dry_run_unknown_size', 0))} images by URL, size unknown)",
+        f"  tokens      {image_t} image + {text_t} text prompt tokens (estimated), "
+        f"completion up to {bound}",
+        f"  cost        ${prompt_cost:.4f} for the prompts, up to "
+        f"${models.cost(prices, image_t + text_t, bound):.4f} with every completion at "
+        f"--max_tokens; {_price_source(opts)}",
+        f"  elapsed     {totals['elapsed_s']:.1f} s",
+    ]
+    return "\n".join(lines)
