@@ -19,6 +19,7 @@ setuptools.setup(
         "pyarrow>=14",
         "google-cloud-storage>=2.14",
         "Pillow>=10.3",
+        "pillow-heif>=0.18",
     ],
     extras_require={
         "test": [

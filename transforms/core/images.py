@@ -1,57 +1,87 @@
 """Load an image reference and make it something a vision API accepts. No Beam import.
 
-References: a local path or ``file://`` URL, ``gs://bucket/object``, ``http(s)://`` and ``data:``
-URLs. Local and gs:// images are always sent inline as base64 ``data:`` URLs (the API cannot read
-them); http(s) URLs pass through by URL unless ``inline_http`` is set.
+References (read by ``image_sources``): a local path or ``file://`` URL, ``gs://bucket/object``,
+``http(s)://`` and ``data:`` URLs. Local and gs:// images are always sent inline as base64
+``data:`` URLs (the API cannot read them); http(s) URLs pass through by URL unless ``inline_http``.
 
-Preparation: the MIME type comes from the bytes (Pillow's sniffing), never the file name. Formats
-the APIs do not take (TIFF, BMP, animated GIF, CMYK, 16-bit, ...) are converted to PNG (if the image
-has transparency) or JPEG; EXIF orientation is applied; a longer side over ``max_side`` is scaled
-down; more than ``max_pixels`` pixels is refused before decoding (decompression bombs). An image
-that needs none of that is sent as its original bytes, untouched.
+Decoding: only an allowlist of formats is ever handed to a decoder — JPEG (and MPO), PNG, GIF,
+WebP, TIFF, BMP, HEIC/HEIF (pillow-heif) and AVIF (Pillow's own plugin) — and Pillow is told to
+try only those plugins, so an ICO, ICNS, EPS, PDF or PSD is refused by its magic bytes
+(``unsupported_format``) before any decoder runs. The MIME type comes from the bytes, never the
+file name. More than ``max_pixels`` pixels is refused from the header (Pillow's own bomb guard
+stays on as well). Decoding holds its pixels in the process's ``decode_budget`` so that memory
+does not grow with the number of threads.
+
+Preparation: formats the APIs do not take (TIFF, BMP, HEIC, AVIF, animated GIF, CMYK, 16-bit, ...)
+are converted to PNG (if the image has transparency) or JPEG; EXIF orientation is applied; a
+longer side over ``max_side`` is scaled down. An image that needs none of that is sent as its
+original bytes, after checking that those bytes decode (a PNG's chunk checksums included).
 
 Errors raise ``ImageError`` with a stage (``read``: could not get the bytes; ``decode``: the bytes
-are not a usable image) and a message that says what to fix.
+are not a usable image) and a message that says what to fix, quoting no file contents.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import hashlib
 import io
-import os
 import threading
-import time
 import urllib.parse
+import warnings
 from collections.abc import Callable
 
 import requests
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError, features
 
-from transforms.core import netguard
+from transforms.core import decode_budget, image_sources
+from transforms.core.image_sources import ImageError  # re-exported: part of this module's API
+from transforms.core.sanitize import quote
+
+try:  # HEIC photos (iPhones); without it they fail with a message naming the package
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    HEIF_DECODER = True
+except ImportError:
+    HEIF_DECODER = False
+AVIF_DECODER = bool(features.check("avif"))
 
 # The APIs take JPEG, PNG, WEBP and non-animated GIF (OpenAI, Anthropic, Gemini alike).
 SENDABLE = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+# What Pillow may try, in this order (AVIF before HEIF: the same container, one decoder each).
+Image.init()
+DECODABLE = tuple(
+    f for f in ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "AVIF", "HEIF") if f in Image.OPEN
+)
 # Modes a JPEG/PNG/WEBP can be sent in as they are; others (CMYK, I;16, F, ...) are converted.
 SENDABLE_MODES = {"1", "L", "LA", "P", "RGB", "RGBA"}
 MAX_SEND_BYTES = 20 * 1024 * 1024  # OpenAI's per-image limit
 MAX_READ_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own bomb threshold (~ 9459 x 9459)
 EXIF_ORIENTATION = 0x0112
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+# Pillow's guard warns past MAX_IMAGE_PIXELS and raises past twice that; a warning is a refusal
+# here. Loaders raise (never lower) its threshold to their own max_pixels, which is checked too.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+_GUARD_LOCK = threading.Lock()
 
-# Our own check replaces Pillow's global one, which would warn rather than refuse.
-Image.MAX_IMAGE_PIXELS = None
 
-
-class ImageError(Exception):
-    def __init__(self, stage: str, message: str, error_type: str, http_status: int | None = None):
-        super().__init__(message)
-        self.stage = stage
-        self.message = message
-        self.error_type = error_type
-        self.http_status = http_status
+def _raise_pillow_guard(max_pixels: int) -> None:
+    with _GUARD_LOCK:
+        current = Image.MAX_IMAGE_PIXELS
+        if current is not None and max_pixels > current:
+            Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +106,8 @@ class ImageOptions:
     jpeg_quality: int = 90
     # formats the model takes as they are (Gemini takes no GIF); others are converted
     send_formats: tuple[str, ...] = tuple(SENDABLE)
-
-
-def _read_error(message: str, error_type: str, status: int | None = None) -> ImageError:
-    return ImageError("read", message, error_type, status)
+    # decoded megapixels in flight per worker process, shared by its threads (0 = no limit)
+    decode_megapixels: float = 100.0
 
 
 def _decode_error(message: str, error_type: str) -> ImageError:
@@ -100,11 +128,9 @@ class ImageLoader:
         gcs_client: Callable[[], object] | None = None,
     ):
         self.options = options
-        self._http = http_session
-        self._own_http: requests.Session | None = None
-        self._http_lock = threading.Lock()
-        self._gcs_factory = gcs_client or _default_gcs_client
-        self._gcs = None
+        self._sources = image_sources.Sources(options, http_session, gcs_client)
+        self._budget = decode_budget.for_megapixels(options.decode_megapixels)
+        _raise_pillow_guard(options.max_pixels)
 
     # -- reading -------------------------------------------------------------------------------
     def prepare(self, reference: str | None) -> PreparedImage:
@@ -118,8 +144,7 @@ class ImageLoader:
 
     def close(self) -> None:
         """Close the http(s) session the loader made for itself (one passed in is the caller's)."""
-        if self._own_http is not None:
-            self._own_http.close()
+        self._sources.close()
 
     def content_hash(self, reference: str | None) -> str | None:
         """sha256 of the image's bytes, read but neither decoded nor checked to be an image (to
@@ -129,174 +154,80 @@ class ImageLoader:
         return self._load(reference, _hashed).sha256
 
     def _load(self, reference: str | None, then: Callable[[bytes], PreparedImage]) -> PreparedImage:
-        ref = (reference or "").strip() if isinstance(reference, str) else reference
-        if ref is None or ref == "":
-            raise _read_error(
-                "empty image reference (null or blank in the input column)", "empty_reference"
-            )
-        if not isinstance(ref, str):
-            raise _read_error(
-                f"image reference is a {type(ref).__name__}, not a string", "bad_reference"
-            )
-        scheme = (
-            urllib.parse.urlsplit(ref).scheme.lower()
-            if "://" in ref or ref.startswith("data:")
-            else ""
-        )
-        if scheme in ("http", "https"):
-            if not self.options.inline_http:
+        ref = image_sources.clean_reference(reference)
+        scheme = image_sources.scheme_of(ref)
+        if scheme in ("http", "https") and not self.options.inline_http:
+            try:
                 host = urllib.parse.urlsplit(ref).hostname
-                if not host:
-                    raise _read_error(f"malformed URL {ref[:200]!r}", "bad_reference")
-                return PreparedImage(url=ref)
-            return then(self._read_http(ref))
-        if scheme == "data":
-            return then(_decode_data_url(ref))
-        if scheme == "gs":
-            return then(self._read_gcs(ref))
-        if scheme in ("", "file"):
-            return then(self._read_file(ref))
-        raise _read_error(
-            f"unsupported scheme {scheme + '://'!r} in {ref[:200]!r}: use a local path, file://, "
-            "gs://, http(s):// or data: URL",
-            "unsupported_scheme",
-        )
-
-    def _read_file(self, ref: str) -> bytes:
-        path = (
-            urllib.parse.unquote(urllib.parse.urlsplit(ref).path)
-            if ref.startswith("file://")
-            else ref
-        )
-        absolute = os.path.abspath(os.path.expanduser(path))
-        if os.path.isdir(absolute):
-            raise _read_error(f"{path!r} is a directory, not an image file", "is_directory")
-        try:
-            with open(absolute, "rb") as f:
-                data = f.read(self.options.max_read_bytes + 1)
-        except FileNotFoundError:
-            raise _read_error(
-                f"no such file: {path!r} (resolved to {absolute!r} on the worker)", "not_found"
-            ) from None
-        except PermissionError:
-            raise _read_error(f"permission denied reading {absolute!r}", "forbidden") from None
-        except OSError as exc:
-            raise _read_error(
-                f"cannot read {absolute!r}: {exc.strerror or exc}", "read_error"
-            ) from None
-        return self._check_size(data, path)
-
-    def _check_size(self, data: bytes, where: str) -> bytes:
-        if len(data) > self.options.max_read_bytes:
-            raise _read_error(
-                f"{where[:200]!r} is larger than "
-                f"{self.options.max_read_bytes // (1024 * 1024)} MiB",
-                "too_large",
-            )
-        return data
-
-    def _read_gcs(self, ref: str) -> bytes:
-        parts = urllib.parse.urlsplit(ref)
-        bucket, name = parts.netloc, parts.path.lstrip("/")
-        if not bucket or not name:
-            raise _read_error(
-                f"malformed gs:// reference {ref!r}: expected gs://bucket/object", "bad_reference"
-            )
-        from google.api_core import exceptions as gexc
-
-        if self._gcs is None:
-            self._gcs = self._gcs_factory()
-        try:
-            blob = self._gcs.bucket(bucket).blob(name)
-            data = blob.download_as_bytes(start=0, end=self.options.max_read_bytes)
-        except gexc.NotFound as exc:
-            what = (
-                "bucket"
-                if "bucket" in str(exc).lower() and "does not exist" in str(exc).lower()
-                else "object or its bucket"
-            )
-            raise _read_error(
-                f"{ref} not found: the {what} does not exist", "not_found", 404
-            ) from None
-        except gexc.Forbidden:
-            raise _read_error(
-                f"permission denied on {ref}: grant the worker's service account "
-                "roles/storage.objectViewer on the bucket",
-                "forbidden",
-                403,
-            ) from None
-        except gexc.GoogleAPICallError as exc:
-            if exc.code == 416:  # a ranged read of a zero-byte object
-                return b""
-            raise _read_error(
-                f"reading {ref} failed: HTTP {exc.code}: {exc.message}", "read_error", exc.code
-            ) from None
-        return self._check_size(data, ref)
-
-    def _read_http(self, ref: str) -> bytes:
-        """Fetch with the SSRF guard (netguard), at most ``max_read_bytes`` and about
-        ``http_timeout`` seconds in all, re-checking every redirect."""
-        if self._http is None:
-            with self._http_lock:  # threads share a loader: make one session, not one each
-                if self._http is None:
-                    self._own_http = netguard.guarded_session(
-                        netguard.parse_networks(self.options.allowed_networks)
-                    )
-                    self._http = self._own_http
-        timeout = self.options.http_timeout
-        deadline = time.monotonic() + timeout
-        try:
-            with self._http.get(ref, timeout=timeout, stream=True) as response:
-                if response.status_code != 200:
-                    raise _read_error(
-                        f"HTTP {response.status_code} fetching {ref[:200]}",
-                        "not_found" if response.status_code == 404 else "http_error",
-                        response.status_code,
-                    )
-                chunks, size = [], 0
-                for chunk in response.iter_content(256 * 1024):
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size > self.options.max_read_bytes:
-                        break
-                    if time.monotonic() > deadline:
-                        raise _read_error(
-                            f"fetching {ref[:200]} took longer than {timeout:g}s", "timeout"
-                        )
-        except requests.TooManyRedirects:
-            raise _read_error(f"too many redirects fetching {ref[:200]}", "redirect") from None
-        except requests.Timeout:
-            raise _read_error(
-                f"no answer from {ref[:200]} within {timeout:g}s", "timeout"
-            ) from None
-        except requests.RequestException as exc:
-            blocked = netguard.blocked_reason(exc)
-            if blocked:
-                raise _read_error(
-                    f"refused to fetch {ref[:200]}: {blocked}", "blocked_address"
-                ) from None
-            raise _read_error(
-                f"fetching {ref[:200]} failed: {type(exc).__name__}", "connection"
-            ) from None
-        return self._check_size(b"".join(chunks), ref)
+            except ValueError:
+                host = None
+            if not host:
+                raise image_sources.read_error(f"malformed URL {quote(ref)}", "bad_reference")
+            return PreparedImage(url=ref)
+        return then(self._sources.read(ref, scheme))
 
     # -- preparing -----------------------------------------------------------------------------
-    def inspect_bytes(self, data: bytes) -> PreparedImage:
+    def _open(self, data: bytes) -> Image.Image:
+        """The image, opened (header only) by an allowed decoder and within the pixel limit."""
         if not data:
             raise _decode_error("empty file (0 bytes)", "empty_file")
+        guess = image_sources.guess(data)
+        size = f"{guess.label} ({len(data):,} bytes)"
+        if guess.format is None and guess.known:
+            raise _decode_error(
+                f"{size}: not decoded; only JPEG, PNG, GIF, WebP, TIFF, BMP, HEIC/HEIF and AVIF "
+                "images are read",
+                "unsupported_format",
+            )
+        if guess.format == "HEIF" and not HEIF_DECODER:
+            raise _decode_error(
+                f"{size}, but no HEIF decoder is installed: pip install pillow-heif",
+                "unsupported_format",
+            )
+        if guess.format == "AVIF" and not AVIF_DECODER:
+            raise _decode_error(
+                f"{size}, but this Pillow has no AVIF decoder: pip install 'Pillow>=11.3'",
+                "unsupported_format",
+            )
         try:
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
+            img = Image.open(io.BytesIO(data), formats=DECODABLE)
+        except _BOMBS as exc:
+            raise self._bomb(size, data, exc) from None
         except UnidentifiedImageError:
-            raise _decode_error(f"not an image: {_describe_bytes(data)}", "not_an_image") from None
-        except Exception as exc:
-            raise _decode_error(f"unreadable image header: {exc}", "not_an_image") from None
+            if guess.format is not None:
+                raise _decode_error(
+                    f"{size} whose header cannot be read: the file is corrupt or cut short",
+                    "corrupt",
+                ) from None
+            raise _decode_error(
+                f"not an image: {image_sources.describe(data)}", "not_an_image"
+            ) from None
+        except Exception as exc:  # Pillow raises a zoo of errors on hostile headers
+            raise _decode_error(
+                f"unreadable {guess.format or 'image'} header ({type(exc).__name__})",
+                "not_an_image",
+            ) from None
+        width, height = img.size
         if width * height > self.options.max_pixels:
             raise _decode_error(
-                f"{width}x{height} has {width * height:,} pixels, over the "
+                f"{width}x{height} {img.format} has {width * height:,} pixels, over the "
                 f"{self.options.max_pixels:,} limit (possible decompression bomb)",
                 "too_many_pixels",
             )
+        return img
+
+    def _bomb(self, size: str, data: bytes, exc: Exception) -> ImageError:
+        dims = ""
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            dims = f"{int.from_bytes(data[16:20], 'big')}x{int.from_bytes(data[20:24], 'big')} "
+        return _decode_error(
+            f"{size}: {dims}over the pixel limit (possible decompression bomb): {exc}",
+            "too_many_pixels",
+        )
+
+    def inspect_bytes(self, data: bytes) -> PreparedImage:
+        img = self._open(data)
+        width, height = img.size
         orientation = 1
         if img.format in ("JPEG", "MPO", "WEBP", "TIFF"):  # EXIF sits in the header there; a
             try:  # PNG's may follow the pixels, and reading it would decode them
@@ -314,54 +245,54 @@ class ImageLoader:
 
     def prepare_bytes(self, data: bytes) -> PreparedImage:
         opts = self.options
-        if not data:
-            raise _decode_error("empty file (0 bytes)", "empty_file")
-        try:
-            img = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            raise _decode_error(f"not an image: {_describe_bytes(data)}", "not_an_image") from None
-        except Exception as exc:  # Pillow raises a zoo of errors on hostile headers
-            raise _decode_error(f"unreadable image header: {exc}", "not_an_image") from None
+        img = self._open(data)
         fmt = img.format or "?"
         width, height = img.size
-        if width * height > opts.max_pixels:
-            raise _decode_error(
-                f"{width}x{height} {fmt} has {width * height:,} pixels, over the "
-                f"{opts.max_pixels:,} limit (possible decompression bomb)",
-                "too_many_pixels",
-            )
         try:
-            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
-        except Exception:  # a broken EXIF block should not sink a readable image
-            orientation = 1
-        animated = getattr(img, "is_animated", False)
-        longest = max(width, height)
-        shrink = longest > opts.max_side
-        if shrink and fmt == "JPEG":
+            animated = getattr(img, "is_animated", False)
+            if animated:
+                img.seek(0)  # the frame that is sent, and whose size is checked and held
+        except _BOMBS as exc:
+            raise self._bomb(fmt, data, exc) from None
+        except Exception:
+            raise _decode_error(f"{fmt} image has a corrupt frame", "corrupt") from None
+        shrink = max(width, height) > opts.max_side
+        if shrink and fmt in ("JPEG", "MPO"):
             # decode straight to a smaller scale (DCT scaling): far cheaper than full decode
-            target = (
-                max(1, round(width * opts.max_side / longest)),
-                max(1, round(height * opts.max_side / longest)),
+            scale = opts.max_side / max(width, height)
+            img.draft(img.mode, (max(1, round(width * scale)), max(1, round(height * scale))))
+        frame_w, frame_h = img.size  # what load() will allocate
+        if frame_w * frame_h > opts.max_pixels:
+            raise self._bomb(fmt, data, ValueError(f"frame of {frame_w}x{frame_h}"))
+        with decode_budget.held(self._budget, frame_w * frame_h):
+            try:
+                img.load()
+            except _BOMBS as exc:
+                raise self._bomb(fmt, data, exc) from None
+            except Exception as exc:
+                raise _decode_error(
+                    f"{fmt} image is truncated or corrupt ({_reason(exc)})", "corrupt"
+                ) from None
+            try:  # after load(): a PNG's EXIF may follow its pixels, and reading it decodes them
+                orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+            except Exception:  # a broken EXIF block should not sink a readable image
+                orientation = 1
+            as_is = (
+                fmt in opts.send_formats
+                and not animated
+                and not shrink
+                and orientation in (1, None)
+                and img.mode in SENDABLE_MODES
+                and len(data) <= opts.max_send_bytes
             )
-            img.draft(img.mode, target)
-        try:
-            img.load()
-        except Exception as exc:
-            raise _decode_error(f"{fmt} image is truncated or corrupt: {exc}", "corrupt") from None
+            if as_is:
+                _verify(data, fmt)
+                payload, mime = data, SENDABLE[fmt]
+            else:
+                payload, mime = self._convert(img, orientation)
+            img.close()
         upright = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
         source_mime = Image.MIME.get(fmt) or SENDABLE.get(fmt) or "application/octet-stream"
-        as_is = (
-            fmt in opts.send_formats
-            and not animated
-            and not shrink
-            and orientation in (1, None)
-            and img.mode in SENDABLE_MODES
-            and len(data) <= opts.max_send_bytes
-        )
-        if as_is:
-            payload, mime = data, SENDABLE[fmt]
-        else:
-            payload, mime = self._convert(img, fmt, orientation)
         if len(payload) > opts.max_send_bytes:
             raise _decode_error(
                 f"image is {len(payload) / 1e6:.1f} MB after conversion, over the API's "
@@ -377,24 +308,29 @@ class ImageLoader:
             sent_bytes=len(payload),
         )
 
-    def _convert(self, img: Image.Image, fmt: str, orientation: int) -> tuple[bytes, str]:
+    def _convert(self, img: Image.Image, orientation: int) -> tuple[bytes, str]:
+        """JPEG (or PNG, for transparency and palette images) at most ``max_side`` on a side,
+        upright. Scaling comes before mode conversion and rotation where it can, so at most a
+        couple of full-size 8-bit copies exist at once."""
         opts = self.options
-        if getattr(img, "is_animated", False):
-            img.seek(0)
-        if orientation not in (1, None):
-            img = ImageOps.exif_transpose(img)
         has_alpha = img.mode in ("RGBA", "LA", "PA") or (
             img.mode == "P" and "transparency" in img.info
         )
         # palette and bilevel images (GIFs, diagrams) compress better and stay exact as PNG
         lossless = has_alpha or img.mode in ("P", "1")
-        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        target = "RGBA" if has_alpha else "RGB"
+        if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
             img = _to_8bit(img)
-        img = img.convert("RGBA" if has_alpha else "RGB")
+        if img.mode not in ("L", "RGB", "RGBA"):  # resampling needs these (P, 1, CMYK, LA ...)
+            img = img.convert(target)
         if max(img.size) > opts.max_side:
             img.thumbnail(
                 (opts.max_side, opts.max_side), Image.Resampling.LANCZOS, reducing_gap=2.0
             )
+        if img.mode != target:
+            img = img.convert(target)
+        if orientation in _TRANSPOSE:
+            img = img.transpose(_TRANSPOSE[orientation])
         out = io.BytesIO()
         if lossless:
             img.save(out, "PNG", optimize=False, compress_level=6)
@@ -403,48 +339,44 @@ class ImageLoader:
         return out.getvalue(), "image/jpeg"
 
 
+def _verify(data: bytes, fmt: str) -> None:
+    """Bytes sent as they are must decode at the API too. ``load`` has decoded them already;
+    a PNG's chunk checksums, which ``load`` does not check, are checked here."""
+    if fmt != "PNG":
+        return
+    try:
+        Image.open(io.BytesIO(data), formats=("PNG",)).verify()
+    except Exception as exc:
+        raise _decode_error(f"PNG image is corrupt ({_reason(exc)})", "corrupt") from None
+
+
+def _reason(exc: Exception) -> str:
+    """Pillow's own words (they name a chunk or say 'truncated', never quote pixel data)."""
+    return quote(str(exc) or type(exc).__name__, 120)
+
+
+_STRIP_BYTES = 16 * 1024 * 1024
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit or float greyscale to 8 bits, scaled to the image's own range rather than clipped."""
+    """16-bit, 32-bit or float greyscale to 8 bits, scaled to the image's own range rather than
+    clipped. Done in strips of rows: besides the source only the 8-bit result is full size."""
     import numpy as np
 
-    arr = np.asarray(img, dtype=np.float64)
-    lo, hi = float(arr.min()), float(arr.max())
-    scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-    return Image.fromarray(scaled.astype(np.uint8), "L")
+    lo, hi = img.getextrema()
+    width, height = img.size
+    out = np.zeros((height, width), dtype=np.uint8)
+    if hi > lo:
+        rows = max(1, _STRIP_BYTES // max(1, width * 8))
+        for top in range(0, height, rows):
+            strip = np.asarray(img.crop((0, top, width, min(height, top + rows))))
+            if strip.dtype.kind == "f":
+                scaled = (strip.astype(np.float32) - lo) * (255.0 / (hi - lo))
+            else:  # integer math: a uint16 strip in int64 never overflows
+                scaled = (strip.astype(np.int64) - int(lo)) * 255 // (int(hi) - int(lo))
+            out[top : top + strip.shape[0]] = np.clip(scaled, 0, 255).astype(np.uint8)
+    return Image.fromarray(out)
 
 
 def _hashed(data: bytes) -> PreparedImage:
     return PreparedImage(url="", sha256=hashlib.sha256(data).hexdigest())
-
-
-def _describe_bytes(data: bytes) -> str:
-    head = data[:64].lstrip().lower()
-    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
-        return f"looks like an HTML page ({len(data)} bytes)"
-    try:
-        text = data[:200].decode("utf-8")
-    except UnicodeDecodeError:
-        return f"unknown binary format ({len(data)} bytes, starts with {data[:8].hex()})"
-    return f"looks like text ({len(data)} bytes, starts with {text[:40]!r})"
-
-
-def _decode_data_url(ref: str) -> bytes:
-    header, sep, payload = ref.partition(",")
-    if not sep:
-        raise _read_error("malformed data: URL (no comma)", "bad_reference")
-    if header.endswith(";base64"):
-        try:
-            return base64.b64decode(payload, validate=False)
-        except (binascii.Error, ValueError):
-            raise _read_error("data: URL has invalid base64", "bad_reference") from None
-    return urllib.parse.unquote_to_bytes(payload)
-
-
-def _default_gcs_client():
-    from google.cloud import storage
-
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        from google.auth.credentials import AnonymousCredentials
-
-        return storage.Client(project="emulator", credentials=AnonymousCredentials())
-    return storage.Client()
