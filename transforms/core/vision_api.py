@@ -2,17 +2,31 @@
 
 It builds the request body (one user message with a text part and an ``image_url`` part, plus
 ``max_tokens``), sends it on a caller-owned ``requests.Session``, retries *this request* when the
-outcome is worth retrying, and parses the answer, the usage block and both error-body shapes seen
-in the wild: OpenAI's ``{"error": {...}}`` and AI/ML API's ``{"message", "statusCode",
-"requestId", ...}``.
+outcome is worth retrying, and hands the answer to ``api_responses``, which parses the completion,
+the usage block and both error-body shapes seen in the wild (OpenAI's ``{"error": {...}}`` and
+AI/ML API's ``{"message", "statusCode", "requestId", ...}``) and makes every value safe. The names
+of ``api_responses`` that callers use (``Completion``, ``parse_completion``, ...) are re-exported
+here.
+
+Every attempt has a wall-clock deadline, ``timeout`` (``--request_timeout``), from the moment it
+is sent: connecting, waiting for the headers and reading the body all fit in it, so a server that
+sends its headers and then a byte a second (or nothing) is cut off at the deadline rather than
+holding a slot for ever. A body over ``max_response_bytes`` is not read to its end.
 
 Retry policy (``VisionClient.complete``):
-- retried: HTTP 408, 409, 429 and every 5xx; connection errors and resets; timeouts; a 200 whose
-  body is not valid JSON. Back-off is exponential with full jitter, but never shorter than what the
-  server asked for in ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms``.
+- retried: HTTP 408, 409, 429 and every 5xx; connection errors and resets; timeouts (including a
+  body still arriving at the deadline); a 200 whose body is not valid JSON. Back-off is
+  exponential with full jitter, but never shorter than what the server asked for in
+  ``retry-after-ms``, ``Retry-After`` (seconds or an HTTP date) or, behind a LiteLLM gateway,
+  ``llm_provider-retry-after`` (capped at ``RetryPolicy.max_retry_after``).
 - final at once: any other 4xx, a redirect (never followed: it would carry the key to another
-  place), and a 200 whose JSON holds no answer.
+  place), a 200 whose JSON holds no answer, and a body over ``max_response_bytes``
+  (``too_large_response``: it would be as large again).
 - at most ``max_retries`` retries, i.e. ``max_retries + 1`` attempts.
+
+Every error message and request id in a ``CallResult`` is valid UTF-8, capped, and redacted
+(the client's ``secrets`` and the process's registered ones) before it is cut. The answer itself
+is returned as the model wrote it (valid UTF-8): rows are redacted where they are made.
 
 Run it by hand::
 
@@ -24,7 +38,6 @@ Run it by hand::
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 import json
 import logging
 import os
@@ -36,15 +49,23 @@ from typing import Any
 
 import requests
 
-from transforms.core import models
+from transforms.core import api_responses, deadline, models, sanitize
+from transforms.core.api_responses import RETRYABLE_STATUSES as RETRYABLE_STATUSES
+from transforms.core.api_responses import Completion as Completion
+from transforms.core.api_responses import ResponseError as ResponseError
+from transforms.core.api_responses import is_retryable_status as is_retryable_status
+from transforms.core.api_responses import parse_completion as parse_completion
+from transforms.core.api_responses import parse_error_body as parse_error_body
+from transforms.core.api_responses import parse_retry_after as parse_retry_after
+from transforms.core.api_responses import request_id as request_id
 from transforms.core.ratelimit import AdaptiveConcurrency, RateLimiter, ThrottleGate
 
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_API_BASE = "https://api.aimlapi.com/v1"
-RETRYABLE_STATUSES = frozenset({408, 409, 429})
 USER_AGENT = "vision-enrich/0.1"
 DETAILS = ("auto", "low", "high")
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # no chat completion is near this; a body past it is junk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,146 +117,6 @@ def build_request(
         json_schema=json_schema,
         schema_instructions=schema_instructions,
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class Completion:
-    content: str
-    model: str | None
-    finish_reason: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    total_tokens: int | None
-    response_id: str | None
-
-
-class ResponseError(ValueError):
-    """A 200 whose body is not a usable chat completion."""
-
-    def __init__(self, message: str, error_type: str):
-        super().__init__(message)
-        self.error_type = error_type
-
-
-def _int_or_none(value: Any) -> int | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def parse_completion(payload: Any) -> Completion:
-    """Pull the answer, model, finish reason and usage out of a chat completion body."""
-    if not isinstance(payload, dict):
-        raise ResponseError(f"expected a JSON object, got {type(payload).__name__}", "bad_response")
-    if "error" in payload and not payload.get("choices"):
-        err = parse_error_body(payload)
-        raise ResponseError(f"the API answered 200 with an error: {err[0]}", "api_error")
-    choices = payload.get("choices")
-    if not isinstance(choices, list) or not choices:
-        raise ResponseError("the response has no choices", "no_choices")
-    choice = choices[0] if isinstance(choices[0], dict) else {}
-    message = choice.get("message") or {}
-    content = message.get("content") if isinstance(message, dict) else None
-    if isinstance(content, list):  # some compatible servers answer in parts
-        content = "".join(
-            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-        )
-    finish_reason = choice.get("finish_reason")
-    if not isinstance(content, str) or not content.strip():
-        refusal = message.get("refusal") if isinstance(message, dict) else None
-        why = f"refusal: {refusal}" if refusal else f"finish_reason={finish_reason!r}"
-        raise ResponseError(f"the model returned no text ({why})", "empty_answer")
-    usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
-    return Completion(
-        content=content,
-        model=payload.get("model") if isinstance(payload.get("model"), str) else None,
-        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
-        prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
-        completion_tokens=_int_or_none(usage.get("completion_tokens")),
-        total_tokens=_int_or_none(usage.get("total_tokens")),
-        response_id=payload.get("id") if isinstance(payload.get("id"), str) else None,
-    )
-
-
-def parse_error_body(payload: Any) -> tuple[str, str | None, str | None]:
-    """(message, code, request_id) from either error shape; tolerant of anything else."""
-    if not isinstance(payload, dict):
-        return (str(payload)[:300], None, None)
-    request_id = payload.get("requestId") or payload.get("request_id")
-    err = payload.get("error")
-    if isinstance(err, dict):  # OpenAI: {"error": {"message", "type", "param", "code"}}
-        code = err.get("code") or err.get("type")
-        return (str(err.get("message") or code or "unknown error"), _str(code), _str(request_id))
-    message = payload.get("message")  # AI/ML API / NestJS: {"message", "statusCode", ...}
-    if isinstance(message, list):
-        message = "; ".join(str(m) for m in message)
-    if message is None and isinstance(err, str):
-        message, err = err, None
-    code = err if isinstance(err, str) else payload.get("code")
-    return (str(message or "unknown error"), _str(code), _str(request_id))
-
-
-def _str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds the server asks us to wait: ``retry-after-ms``, or ``Retry-After`` in seconds or
-    as an HTTP date. None when absent or unreadable."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    ms = lower.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = lower.get("retry-after")
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    now = time.time() if now is None else now
-    return max(0.0, when.timestamp() - now)
-
-
-def is_retryable_status(status: int) -> bool:
-    return status in RETRYABLE_STATUSES or 500 <= status <= 599
-
-
-_HINTS = {
-    400: "the API rejected the request; check --model, --max_tokens and --detail",
-    401: "the key was refused; check the variable named by --api_key_env",
-    402: "the account has no credit left",
-    403: "the key may not use this model or its quota is exhausted",
-    404: "not found; check --api_base and --model",
-    413: "request too large; lower --max_image_side",
-    415: "unsupported media type",
-    422: "the API could not process the request; check --model and the image",
-}
-
-_ERROR_TYPES = {
-    400: "bad_request",
-    401: "unauthorized",
-    402: "payment_required",
-    403: "forbidden",
-    404: "not_found",
-    408: "timeout",
-    409: "conflict",
-    413: "too_large",
-    429: "rate_limited",
-}
 
 
 @dataclasses.dataclass
@@ -299,6 +180,7 @@ class VisionClient:
         limiter: RateLimiter | None = None,
         token_budget: RateLimiter | None = None,
         secrets: tuple[str, ...] = (),
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ):
@@ -312,6 +194,7 @@ class VisionClient:
         self.limiter = limiter
         self.token_budget = token_budget
         self._secrets = tuple(s for s in secrets if s)
+        self.max_response_bytes = max_response_bytes
         self._sleep = sleep
         self._rng = rng or random.Random()
 
@@ -336,7 +219,7 @@ class VisionClient:
                 result.throttled_seconds += self.limiter.acquire()
             result.attempts += 1
             try:
-                result.completion = self._attempt(data, result)
+                result.completion, rid = self._attempt(data, result)
             except _Attempt as failed:
                 result.stage, result.error = failed.stage, self.redact(failed.error)
                 result.error_type, result.http_status = failed.error_type, failed.status
@@ -361,13 +244,13 @@ class VisionClient:
                 self._sleep(wait)
                 continue
             result.stage = result.error = result.error_type = None
-            result.http_status = 200
+            result.http_status, result.request_id = 200, rid
             used = result.completion.total_tokens
             if self.token_budget is not None and estimated_tokens > 0 and used is not None:
                 self.token_budget.adjust(used - estimated_tokens)
             return result
 
-    def _attempt(self, data: bytes, result: CallResult) -> Completion:
+    def _attempt(self, data: bytes, result: CallResult) -> tuple[Completion, str | None]:
         if self.slots is not None:
             result.throttled_seconds += self.slots.acquire()
         if self.gate is not None:
@@ -375,100 +258,143 @@ class VisionClient:
             # slot before another thread's 429 arrived must still honour its Retry-After
             result.throttled_seconds += self.gate.wait()
         status = None
+        content = None
         start = time.perf_counter()
+        # the attempt's deadline starts when it is sent, after the waits for flow control
+        attempt_deadline = time.monotonic() + self.timeout
         try:
-            try:
-                response = self.session.post(
-                    self.url,
-                    data=data,
-                    headers={"Content-Type": "application/json"},
-                    timeout=(min(10.0, self.timeout), self.timeout),
-                    allow_redirects=False,
-                )
-                content = response.content
-                status = response.status_code
-            except requests.Timeout:
-                raise _Attempt(
-                    "request",
-                    f"no answer from {self.host} within {self.timeout:g}s (--request_timeout)",
-                    "timeout",
-                    retryable=True,
-                ) from None
-            except requests.RequestException as exc:
-                raise _Attempt(
-                    "request",
-                    f"connection to {self.host} failed: {type(exc).__name__}",
-                    "connection",
-                    retryable=True,
-                ) from None
+            response = self._send(data, attempt_deadline)
+            status = response.status_code
+            content = self._read(response, attempt_deadline)
         finally:
             result.latency_ms = (time.perf_counter() - start) * 1000.0
             if self.slots is not None:
-                self.slots.release(throttled=status == 429, succeeded=status == 200)
+                self.slots.release(
+                    throttled=status == 429, succeeded=status == 200 and content is not None
+                )
         return self._interpret(status, response.headers, content)
 
-    def _interpret(self, status: int, headers: Mapping[str, str], content: bytes) -> Completion:
-        header_request_id = headers.get("x-request-id")
+    def _send(self, data: bytes, attempt_deadline: float) -> requests.Response:
+        """Send and wait for the headers (``stream=True``: the body is read by ``_read``)."""
+        left = deadline.remaining(attempt_deadline)
+        try:
+            return self.session.post(
+                self.url,
+                data=data,
+                headers={"Content-Type": "application/json"},
+                timeout=(min(10.0, left), left),
+                allow_redirects=False,
+                stream=True,
+            )
+        except requests.Timeout:
+            raise _Attempt(
+                "request",
+                f"no answer from {self.host} within {self.timeout:g}s (--request_timeout)",
+                "timeout",
+                retryable=True,
+            ) from None
+        except requests.RequestException as exc:
+            raise _Attempt(
+                "request",
+                f"connection to {self.host} failed: {type(exc).__name__}",
+                "connection",
+                retryable=True,
+            ) from None
+
+    def _read(self, response: requests.Response, attempt_deadline: float) -> bytes:
+        """The body, read by the attempt's deadline and up to ``max_response_bytes``."""
+        status = response.status_code
+        try:
+            return deadline.read_body(response, attempt_deadline, self.max_response_bytes)
+        except deadline.DeadlineExceeded as exc:
+            # the exchange did not complete: like a timeout before the headers, no status
+            raise _Attempt(
+                "request",
+                f"{self.host} sent HTTP {status} headers but not its whole answer within "
+                f"{self.timeout:g}s (--request_timeout; {exc.received:,} bytes arrived)",
+                "timeout",
+                request_id=self._header_request_id(response.headers),
+                retryable=True,
+            ) from None
+        except deadline.TooLarge:
+            raise _Attempt(
+                "response",
+                f"{self.host} answered HTTP {status} with a body over "
+                f"{self.max_response_bytes:,} bytes; it was not read further",
+                "too_large_response",
+                status,
+                self._header_request_id(response.headers),
+            ) from None
+        except requests.RequestException as exc:
+            raise _Attempt(
+                "request",
+                f"connection to {self.host} failed while reading the answer: {type(exc).__name__}",
+                "connection",
+                request_id=self._header_request_id(response.headers),
+                retryable=True,
+            ) from None
+
+    def _header_request_id(self, headers: Mapping[str, str]) -> str | None:
+        return api_responses.header_request_id(headers, self._secrets)
+
+    def _interpret(
+        self, status: int, headers: Mapping[str, str], content: bytes
+    ) -> tuple[Completion, str | None]:
+        header_request_id = self._header_request_id(headers)
         if status == 200:
             try:
-                payload = json.loads(content)
+                payload = api_responses.loads(content)
             except ValueError:
                 raise _Attempt(
                     "response",
                     f"{self.host} answered 200 with a body that is not "
-                    f"valid JSON ({len(content)} bytes)",
+                    f"valid JSON ({len(content):,} bytes)",
                     "bad_json",
                     status,
                     header_request_id,
                     retryable=True,
                 ) from None
+            rid = header_request_id or api_responses.body_request_id(payload, self._secrets)
             try:
-                return parse_completion(payload)
+                return parse_completion(payload, self._secrets), rid
             except ResponseError as exc:
-                raise _Attempt(
-                    "response", str(exc), exc.error_type, status, header_request_id
-                ) from None
+                raise _Attempt("response", str(exc), exc.error_type, status, rid) from None
         if 300 <= status < 400:
+            location = api_responses.clean(
+                headers.get("location", "?"), api_responses.MAX_QUOTE, self._secrets
+            )
             raise _Attempt(
                 "request",
-                f"{self.host} redirected to "
-                f"{headers.get('location', '?')!r}; redirects are not followed (they "
+                f"{self.host} redirected to {location!r}; redirects are not followed (they "
                 "would carry the key elsewhere): set --api_base to the final URL",
                 "redirect",
                 status,
                 header_request_id,
             )
-        try:
-            message, code, request_id = parse_error_body(json.loads(content))
-        except ValueError:
-            message, code, request_id = (
-                (content[:200].decode("utf-8", "replace").strip() or "(empty body)"),
-                None,
-                None,
-            )
-        hint = _HINTS.get(status)
-        text = f"HTTP {status} from {self.host}: {message}"
-        if code:
-            text += f" [{code}]"
-        if hint and not is_retryable_status(status):
-            text += f" ({hint})"
-        error_type = _ERROR_TYPES.get(status) or ("server_error" if status >= 500 else "http_error")
+        err = api_responses.http_error(
+            status,
+            self.host,
+            headers,
+            content,
+            secrets=self._secrets,
+            max_retry_after=self.retry.max_retry_after,
+        )
         raise _Attempt(
             "request",
-            text,
-            error_type,
+            err.message,
+            err.error_type,
             status,
-            request_id or header_request_id,
-            retryable=is_retryable_status(status),
-            retry_after=parse_retry_after(headers),
+            err.request_id,
+            retryable=err.retryable,
+            retry_after=err.retry_after,
         )
 
     def redact(self, text: str | None) -> str | None:
+        """``text`` made valid UTF-8, without this client's secrets nor the process's registered
+        ones, also as a fragment left at either end by a cut."""
         if text is None:
             return None
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return api_responses.redact(sanitize.valid_text(text), self._secrets)
 
 
 def new_session(api_key: str | None, pool_size: int, url: str | None = None) -> requests.Session:
