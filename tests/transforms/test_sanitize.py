@@ -122,3 +122,8 @@ def test_every_log_line_is_redacted():
 def test_short_values_are_not_registered_as_secrets():
     sanitize.register_secret("abc")
     assert sanitize.text("abc abc") == "abc abc"
+
+
+def test_a_quote_is_redacted_before_it_is_cut():
+    quoted = sanitize.quote("/uploads/" + "x" * 185 + KEY, limit=200)
+    assert not leaks(quoted) and len(quoted) < 260

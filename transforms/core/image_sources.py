@@ -177,13 +177,22 @@ class Sources:
                 "bad_reference",
             )
         from google.api_core import exceptions as gexc
+        from google.cloud.storage.retry import DEFAULT_RETRY
 
         with self._lock:
             if self._gcs is None:
                 self._gcs = self._gcs_factory()
         try:
             blob = self._gcs.bucket(bucket).blob(name)
-            data = blob.download_as_bytes(start=0, end=self.options.max_read_bytes)
+            # GCS is no hostile server, but a stuck read must not hold a row forever either:
+            # each request and the client's own retries end within the fetch timeout
+            limit = self.options.http_timeout
+            data = blob.download_as_bytes(
+                start=0,
+                end=self.options.max_read_bytes,
+                timeout=limit,
+                retry=DEFAULT_RETRY.with_timeout(limit),
+            )
         except gexc.NotFound as exc:
             text = str(exc).lower()
             what = (

@@ -136,9 +136,9 @@ def quote(value: Any, limit: int = MAX_QUOTE) -> str:
     characters of it, safe (the message built around it passes through ``text`` again)."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
-    value = valid_text(str(value))
+    value = redact(valid_text(str(value)))
     if len(value) > limit:
-        return repr(value[:limit]) + f"… ({len(value):,} characters)"
+        return repr(redact(value[:limit])) + f"… ({len(value):,} characters)"
     return repr(value)
 
 
