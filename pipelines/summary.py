@@ -77,9 +77,20 @@ def format_summary(totals: dict[str, float], opts: DescribeImagesOptions) -> str
     if not_sent:
         lines.append(
             f"  STOPPED     {not_sent} rows were not sent: the API refused the account "
-            "(401/402/403); see failures-*.parquet for the reason, fix it, rerun the failures"
+            "(401/402/403, or a gateway's refusal of the key); see failures-*.parquet for the "
+            "reason, fix it, rerun the failures"
+        )
+    if every_row_failed(totals):
+        lines.append(
+            f"  ALL FAILED  none of the {failed} rows was described: the job exits with status 1; "
+            "the failures output says why"
         )
     return "\n".join(lines)
+
+
+def every_row_failed(totals: dict[str, float]) -> bool:
+    """Rows were read and every one of them failed: the run did nothing it was asked to."""
+    return totals.get("images_failed", 0) > 0 and totals.get("images_described", 0) == 0
 
 
 def _price_source(opts: DescribeImagesOptions) -> str:

@@ -138,7 +138,7 @@ class DescribeImagesFn(beam.DoFn):
 
     @property
     def _keep(self) -> int:
-        return 2 * self._cfg.max_concurrency
+        return 3 * self._cfg.max_concurrency
 
     def setup(self):
         self._worker, self._new_session = acquire_worker(self._cfg)

@@ -84,6 +84,7 @@ HOSTILE_KINDS = (
     "echo_key_error",
     "echo_key_request_id",
     "gateway_429",
+    "gateway_no_db",
     "huge_body",
     "deep_json",
 )
@@ -303,6 +304,20 @@ class FaultPlan:
                     "path": "/v1/chat/completions",
                     "requestId": key,
                     "statusCode": 400,
+                },
+            )
+        if kind == "gateway_no_db":  # LiteLLM's proxy checking a virtual key without its db
+            return Fault(
+                "status",
+                400,
+                headers={"x-litellm-call-id": "litellm-call-2"},
+                body={
+                    "error": {
+                        "message": "No connected db.",
+                        "type": "no_db_connection",
+                        "param": "None",
+                        "code": "400",
+                    }
                 },
             )
         if kind == "gateway_429":

@@ -12,8 +12,8 @@ import requests
 from tests.support.fake_api import FaultPlan, RecordingApi
 from tests.support.openapi import request_errors
 from transforms.core import vision_api as v
+from transforms.core.backpressure import Controller
 from transforms.core.local_endpoint import Fault
-from transforms.core.ratelimit import AdaptiveConcurrency
 
 DATA_URL = "data:image/png;base64,iVBORw0KGgo="
 
@@ -383,9 +383,9 @@ def test_connection_refused_is_retried_then_reported():
     assert "127.0.0.1:9" in result.error
 
 
-def test_slots_bound_requests_in_flight_and_connections_are_reused():
+def test_the_controller_bounds_requests_in_flight_and_connections_are_reused():
     with RecordingApi(latency=0.1) as api:
-        client = _client(api, slots=AdaptiveConcurrency(3))
+        client = _client(api, control=Controller(3, initial=3))
         threads = [threading.Thread(target=client.complete, args=(_body(i),)) for i in range(12)]
         for t in threads:
             t.start()

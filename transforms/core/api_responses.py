@@ -326,6 +326,29 @@ class HttpError:
     retry_after: float | None
 
 
+# Gateways answer a key they do not know with statuses of their own: LiteLLM's proxy says
+# 400 {"error": {"message": "No connected db.", "type": "no_db_connection"}} when a virtual key
+# is checked without its database, and 400 "Authentication Error" in some versions.
+_GATEWAY_KEY_CODES = frozenset(
+    {"no_db_connection", "invalid_api_key", "authentication_error", "auth_error", "invalid_key"}
+)
+_GATEWAY_KEY_WORDS = ("no connected db", "authentication error", "invalid proxy server token")
+_GATEWAY_KEY_HINT = (
+    "the gateway refused the key: check the variable named by --api_key_env against the "
+    "gateway's keys (LiteLLM: a virtual key needs the proxy's database)"
+)
+
+
+def gateway_refused_key(status: int, message: str | None, code: str | None) -> bool:
+    """A 400 that is a gateway's refusal of our key (an account error, not a bad request)."""
+    if status != 400:
+        return False
+    if code and code.lower() in _GATEWAY_KEY_CODES:
+        return True
+    lowered = (message or "").lower()
+    return any(words in lowered for words in _GATEWAY_KEY_WORDS)
+
+
 def http_error(
     status: int,
     host: str,
@@ -351,12 +374,14 @@ def http_error(
     text = f"HTTP {status} from {host}: {message}"
     if code:
         text += f" [{code}]"
-    hint = _HINTS.get(status)
+    key_refused = gateway_refused_key(status, message, code)
+    hint = _GATEWAY_KEY_HINT if key_refused else _HINTS.get(status)
     if hint and not retryable:
         text += f" ({hint})"
+    error_type = _ERROR_TYPES.get(status) or ("server_error" if status >= 500 else "http_error")
     return HttpError(
         message=text,
-        error_type=_ERROR_TYPES.get(status) or ("server_error" if status >= 500 else "http_error"),
+        error_type="unauthorized" if key_refused else error_type,
         request_id=header_request_id(headers, secrets) or body_id,
         retryable=retryable,
         retry_after=parse_retry_after(headers, cap=max_retry_after),

@@ -4,10 +4,10 @@
   evenly spaced slots instead of bursts, so a provider that enforces its limit over short windows
   never sees more than the budget; a caller may pay for more units than one (a request's
   estimated tokens) and settle the difference later (``adjust``).
-- ``AdaptiveConcurrency``: how many requests may be in flight, lowered multiplicatively when the
-  provider answers 429 and raised additively as requests succeed again (AIMD, as TCP does).
-- ``ThrottleGate``: when the provider says "retry after N seconds", it means the account, not
-  one request: every thread of the process holds off until then.
+- ``AdaptiveConcurrency``: how many requests may be in flight, from a slow start, lowered
+  multiplicatively when told of throttling and raised additively as requests succeed again.
+- ``ThrottleGate``: a process-wide "not before" instant (used by ``backpressure.Controller`` when a
+  429 means the account's limit, not one request's bad luck).
 """
 
 from __future__ import annotations
@@ -69,12 +69,15 @@ class AdaptiveConcurrency:
         minimum: int = 1,
         cooldown: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        initial: int | None = None,
     ):
         self.maximum = max(1, maximum)
         self.minimum = max(1, min(minimum, self.maximum))
         self.cooldown = cooldown
         self._clock = clock
-        self._limit = float(self.maximum)
+        # slow start: from ``initial`` slots, one more per success until the first throttling
+        self._slow_start = initial is not None and initial < self.maximum
+        self._limit = float(self.maximum if initial is None else max(1, min(initial, maximum)))
         self._in_flight = 0
         self._last_cut = -math.inf
         self._cond = threading.Condition()
@@ -105,12 +108,14 @@ class AdaptiveConcurrency:
         with self._cond:
             self._in_flight -= 1
             if throttled:
+                self._slow_start = False
                 now = self._clock()
                 if now - self._last_cut >= self.cooldown:
                     self._limit = max(float(self.minimum), self._limit / 2)
                     self._last_cut = now
             elif succeeded and self._limit < self.maximum:
-                self._limit = min(float(self.maximum), self._limit + 1.0 / self._limit)
+                step = 1.0 if self._slow_start else 1.0 / self._limit
+                self._limit = min(float(self.maximum), self._limit + step)
             self._cond.notify_all()
 
 

@@ -58,7 +58,8 @@ from transforms.core.api_responses import parse_completion as parse_completion
 from transforms.core.api_responses import parse_error_body as parse_error_body
 from transforms.core.api_responses import parse_retry_after as parse_retry_after
 from transforms.core.api_responses import request_id as request_id
-from transforms.core.ratelimit import AdaptiveConcurrency, RateLimiter, ThrottleGate
+from transforms.core.backpressure import Controller
+from transforms.core.ratelimit import RateLimiter
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -162,10 +163,11 @@ class _Attempt(Exception):
 class VisionClient:
     """Sends chat completion requests on one shared ``requests.Session``. Thread-safe.
 
-    Flow control, all optional and shared by the threads of a process: ``slots`` bounds the
-    requests in flight (and shrinks on 429s), ``gate`` makes every thread honour a Retry-After,
-    ``limiter`` spaces requests to a per-minute budget and ``token_budget`` does the same for
-    tokens (paid up front from an estimate, settled from the response's usage block).
+    Flow control, all optional and shared by the threads of a process: ``control``
+    (``backpressure.Controller``) bounds the requests in flight and tells a provider's limit
+    (slow the process) from its noise (retry that request only), ``limiter`` spaces
+    requests to a per-minute budget and ``token_budget`` does the same for tokens (paid up
+    front from an estimate, settled from the response's usage block).
     """
 
     def __init__(
@@ -175,8 +177,8 @@ class VisionClient:
         *,
         timeout: float = 60.0,
         retry: RetryPolicy = RetryPolicy(),
-        slots: AdaptiveConcurrency | None = None,
-        gate: ThrottleGate | None = None,
+        control: Controller | None = None,
+        halted: Callable[[], str | None] | None = None,
         limiter: RateLimiter | None = None,
         token_budget: RateLimiter | None = None,
         secrets: tuple[str, ...] = (),
@@ -189,8 +191,9 @@ class VisionClient:
         self.host = urllib.parse.urlsplit(self.url).netloc
         self.timeout = timeout
         self.retry = retry
-        self.slots = slots
-        self.gate = gate
+        self.control = control
+        # the caller's breaker: a reason not to send after all, checked with the slot in hand
+        self.halted = halted
         self.limiter = limiter
         self.token_budget = token_budget
         self._secrets = tuple(s for s in secrets if s)
@@ -221,6 +224,8 @@ class VisionClient:
             try:
                 result.completion, rid = self._attempt(data, result)
             except _Attempt as failed:
+                if failed.error_type == "account_stopped":
+                    result.attempts -= 1  # nothing was sent
                 result.stage, result.error = failed.stage, self.redact(failed.error)
                 result.error_type, result.http_status = failed.error_type, failed.status
                 result.request_id = failed.request_id or result.request_id
@@ -235,29 +240,36 @@ class VisionClient:
                     return result
                 result.retries += 1
                 wait = self.backoff(result.retries, failed.retry_after)
-                if failed.status == 429:
+                if failed.status == 429 and (self.control is None or self.control.limited):
+                    # waiting on the account's limit (not on a provider's noise, which the
+                    # controller tells apart): time the autoscaler should know about
                     result.throttled_seconds += wait
-                    if failed.retry_after is not None and self.gate is not None:
-                        # the provider limits the account: every thread holds off, not just us
-                        self.gate.hold(min(failed.retry_after, self.retry.max_retry_after))
                 _LOGGER.debug("retry %d in %.2fs after %s", result.retries, wait, failed.error_type)
                 self._sleep(wait)
                 continue
             result.stage = result.error = result.error_type = None
             result.http_status, result.request_id = 200, rid
+            if self.control is not None:
+                self.control.note_tokens(result.completion.total_tokens)
             used = result.completion.total_tokens
             if self.token_budget is not None and estimated_tokens > 0 and used is not None:
                 self.token_budget.adjust(used - estimated_tokens)
             return result
 
     def _attempt(self, data: bytes, result: CallResult) -> tuple[Completion, str | None]:
-        if self.slots is not None:
-            result.throttled_seconds += self.slots.acquire()
-        if self.gate is not None:
-            # checked with the slot in hand, right before sending: a thread that queued for a
-            # slot before another thread's 429 arrived must still honour its Retry-After
-            result.throttled_seconds += self.gate.wait()
+        sent_at = 0.0
+        if self.control is not None:
+            # a slot, then the gate and the pace with the slot in hand, right before sending: a
+            # thread that queued for a slot before a limit was found must still honour it
+            waited, sent_at = self.control.acquire()
+            result.throttled_seconds += waited
+        reason = self.halted() if self.halted is not None else None
+        if reason:
+            if self.control is not None:
+                self.control.release(sent_at, None)
+            raise _Attempt("request", reason, "account_stopped")
         status = None
+        response = None
         content = None
         start = time.perf_counter()
         # the attempt's deadline starts when it is sent, after the waits for flow control
@@ -268,9 +280,13 @@ class VisionClient:
             content = self._read(response, attempt_deadline)
         finally:
             result.latency_ms = (time.perf_counter() - start) * 1000.0
-            if self.slots is not None:
-                self.slots.release(
-                    throttled=status == 429, succeeded=status == 200 and content is not None
+            if self.control is not None:
+                headers = response.headers if response is not None else None
+                self.control.release(
+                    sent_at,
+                    status if content is not None or status == 429 else None,
+                    parse_retry_after(headers) if status == 429 and headers else None,
+                    headers,
                 )
         return self._interpret(status, response.headers, content)
 
