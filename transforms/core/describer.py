@@ -25,17 +25,16 @@ from transforms.core import (
     structured,
     vision_api,
 )
+from transforms.core.backpressure import Controller
 from transforms.core.describe_config import (
     DESCRIPTIONS,
     FAILURES,
     DescribeConfig,
     image_options,
     plan_ref,
-    question,
-    scaled_size,
-    sent_instructions,
 )
-from transforms.core.ratelimit import AdaptiveConcurrency, RateLimiter, ThrottleGate
+from transforms.core.ratelimit import RateLimiter
+from transforms.core.request_builder import RequestBuilder
 from transforms.core.row_builders import (
     _now,
     answer_columns,
@@ -48,6 +47,13 @@ from transforms.core.row_builders import (
 _LOGGER = logging.getLogger(__name__)
 
 ACCOUNT_STATUSES = frozenset({401, 402, 403})
+
+
+def is_account_error(result: vision_api.CallResult) -> bool:
+    """The API (or a gateway in front of it) refused the account: a bad key, no credit, an
+    exhausted quota. A gateway's own refusal of the key is ``unauthorized`` whatever its status
+    (LiteLLM answers 400 ``no_db_connection``)."""
+    return result.http_status in ACCOUNT_STATUSES or result.error_type == "unauthorized"
 
 
 class Tally:
@@ -84,20 +90,20 @@ class Worker:
                 "response_format; structured answers are asked for in the prompt)",
                 cfg.chat.model,
             )
-        self.template, self.schema = question(cfg)
-        self.instructions = structured.instructions(self.schema) if self.schema else None
-        self.sent_instructions = sent_instructions(self.spec, self.schema)
-        self.prices = models.prices(self.spec, {m: (i, o) for m, i, o in cfg.price_table})
+        # what is asked (shared with batch mode): body, estimate, answer parsing
+        self.asker = RequestBuilder(cfg)
+        self.template, self.schema = self.asker.template, self.asker.schema
+        self.prices = self.asker.prices
         self.shared = ledger.SharedAnswers()
         self.budget = ledger.Budget(cfg.max_images, cfg.max_cost)
-        self.slots = AdaptiveConcurrency(cfg.max_concurrency)
+        self.control = Controller(cfg.max_concurrency)
         self.client = vision_api.VisionClient(
             self.session,
             cfg.api_base,
             timeout=cfg.request_timeout,
             retry=cfg.retry,
-            slots=self.slots,
-            gate=ThrottleGate(),
+            control=self.control,
+            halted=lambda: self.stopped,
             limiter=RateLimiter(cfg.requests_per_minute) if cfg.requests_per_minute else None,
             token_budget=RateLimiter(cfg.tokens_per_minute) if cfg.tokens_per_minute else None,
             secrets=(key,) if key else (),
@@ -105,10 +111,12 @@ class Worker:
         self.loader = images.ImageLoader(
             image_options(cfg, self.spec), http_session=self.image_session
         )
-        # a couple of threads more than request slots, so images are prepared while the slots
-        # are busy; the slots alone bound what is in flight
+        # twice the request slots and a couple more: a request waiting out its own Retry-After
+        # sleeps on its thread, and with a provider refusing some share of requests at random
+        # those sleepers must not leave the slots idle; the slots alone bound what is in flight,
+        # the decode budget what is decoded
         self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=cfg.max_concurrency + 2, thread_name_prefix="vision-enrich"
+            max_workers=2 * cfg.max_concurrency + 2, thread_name_prefix="vision-enrich"
         )
         self.tally = Tally()
         self._breaker_lock = threading.Lock()
@@ -141,13 +149,14 @@ class Worker:
                     t.requests,
                     t.retries,
                     t.rate_limited,
-                    self.slots.limit,
+                    self.control.slots.limit,
+                    self.control.describe(),
                     done / max(1e-9, time.monotonic() - t.started),
                 )
             if snapshot != last:
                 _LOGGER.info(
                     "progress: %d done (%d described, %d failed), %d pending, %d requests, "
-                    "%d retries, %d rate-limited, concurrency %d, %.1f images/s",
+                    "%d retries, %d rate-limited, concurrency %d, back-pressure %s, %.1f images/s",
                     *line,
                 )
                 last = snapshot
@@ -239,32 +248,15 @@ class Worker:
     def _ask(self, ref, prepared: images.PreparedImage, out: Outcome) -> tuple[str, Any]:
         """Send one request (and one more if a structured answer does not validate).
         ``('ok', answer columns)`` or ``('fail', failure_row arguments)``."""
-        cfg, chat, spec = self.cfg, self.cfg.chat, self.spec
-        prompt = ref["prompt"]
-        width, height = scaled_size(prepared.width, prepared.height, self.loader.options.max_side)
-        image_t, text_t, bound = models.estimate_tokens(
-            spec,
-            width,
-            height,
-            chat.detail,
-            prompt,
-            chat.system_prompt,
-            chat.max_tokens,
-            self.sent_instructions,
+        cfg, spec = self.cfg, self.spec
+        estimate, bound, estimated_cost = self.asker.estimate(
+            prepared, ref["prompt"], self.loader.options.max_side
         )
-        estimate = image_t + text_t
-        estimated_cost = models.cost(self.prices, estimate, bound)
         if not self.budget.reserve(estimated_cost):
             return "fail", ("request", self.budget.reason(), "budget_reached", None, None, 0)
         out.sent = True
         out.estimated_prompt_tokens, out.estimated_cost = estimate, estimated_cost
-        body = vision_api.build_request(
-            prepared.url,
-            chat,
-            prompt=prompt,
-            json_schema=self.schema.json_schema if self.schema else None,
-            schema_instructions=self.instructions,
-        )
+        body = self.asker.body(prepared, ref["prompt"])
         try:
             for attempt in (1, 2):
                 try:
@@ -283,7 +275,9 @@ class Worker:
                     )
                 out.add(result)
                 if not result.ok:
-                    if result.http_status in ACCOUNT_STATUSES:
+                    if out.result.attempts == 0:  # halted by the breaker before it was sent
+                        out.sent = False
+                    if is_account_error(result):
                         self._note_account_error(result)
                     return "fail", (
                         result.stage or "request",
@@ -329,11 +323,7 @@ class Worker:
             self.budget.settle(estimated_cost, out.cost)
 
     def _parse(self, content: str) -> dict[str, Any]:
-        if self.spec.moderation:
-            return structured.parse_guard_answer(content)
-        if self.schema is not None:
-            return structured.parse_answer(self.schema, content)
-        return {}
+        return self.asker.parse(content)
 
     def _rows(self, out, answer, refs, billed: bool) -> Outcome:
         kind, value = answer

@@ -34,7 +34,7 @@ from typing import Any
 
 import requests
 
-from transforms.core import image_analyzer, models, structured, tokens
+from transforms.core import image_analyzer, local_batches, models, structured, tokens
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -224,7 +224,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             status, {"error": {"message": message, "type": kind, "param": None, "code": None}}
         )
 
+    def _batch_route(self, method: str, raw: bytes) -> bool:
+        """OpenAI's Files and Batches endpoints (``local_batches``); True if it was one."""
+        routed = self.server.endpoint.batches.route(method, self.path, dict(self.headers), raw)
+        if routed is None:
+            return False
+        status, body, _ctype = routed
+        self._send(status, body if isinstance(body, bytes) else json.dumps(body).encode())
+        return True
+
     def do_GET(self):
+        if self._batch_route("GET", b""):
+            return
         if self.path.rstrip("/") == "/stats":  # for benchmarks: what the endpoint has seen
             self._send_json(200, self.server.endpoint.stats())
         elif self.path.rstrip("/").endswith("/models"):
@@ -252,6 +263,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.path.rstrip("/") == "/stats/reset":
             endpoint.reset_stats()
             self._send_json(200, endpoint.stats())
+            return
+        if self._batch_route("POST", raw):
             return
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._error(404, f"no route for POST {self.path}")
@@ -326,8 +339,14 @@ class ChatEndpoint:
         answer: Callable[[dict], dict] = analyser_answer,
         latency: float = 0.0,
         fault: Callable[[dict, dict], Fault | None] | None = None,
+        batch_delay: float = 2.0,
+        batch_store: str | None = None,
     ):
         self.answer = answer
+        # OpenAI's Files and Batches endpoints; batches end batch_delay seconds after creation
+        self.batches = local_batches.LocalBatches(
+            lambda body: self.answer(body), batch_delay, batch_store, BadRequest
+        )
         self.latency = latency
         self.fault = fault
         self._server = _Server((host, port), _Handler)

@@ -478,3 +478,21 @@ def build_request(
     if response_format is not None:
         body["response_format"] = response_format
     return body
+
+
+# -- batch prices ----------------------------------------------------------------------------
+# OpenAI's Batch API and Anthropic's Message Batches bill 50 % of the list prices (their price
+# pages). Other families: no batch price is known here; batch mode counts them at list prices.
+BATCH_DISCOUNTS = {"openai": 0.5, "anthropic": 0.5}
+
+
+def batch_prices(
+    spec: ModelSpec, table: Mapping[str, tuple[float, float]] | None
+) -> tuple[float, float] | None:
+    """(input, output) USD per 1M tokens through a provider's batch API, or None if unknown.
+    A ``--price_table`` entry is taken as the model's online price and discounted alike."""
+    discount = BATCH_DISCOUNTS.get(spec.family) if spec.known else None
+    if discount is None:
+        return None
+    price_in, price_out = prices(spec, table)
+    return price_in * discount, price_out * discount

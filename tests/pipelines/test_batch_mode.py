@@ -1,0 +1,227 @@
+"""Batch mode (``--mode batch``), the whole job: offline through the embedded endpoint, against
+the fake batch API with each fault, killed and resumed, submit-then-collect, and the budgets and
+--skip_existing. Every input row must end in exactly one output row."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import describe_images as job
+from tests.pipelines.conftest import KEY, read_output, write_input
+from tests.support.fake_batch_api import FakeBatchApi
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FAST = ["--mode", "batch", "--batch_poll_interval", "0.05", "--retry_backoff", "0.01"]
+BAD = [("bad-missing", "/no/such/file.png"), ("bad-null", "")]
+
+
+def rows(out):
+    described = read_output(out, "descriptions").to_pylist()
+    files = glob.glob(os.path.join(out, "failures-*.parquet"))
+    failed = pa.concat_tables([pq.read_table(f) for f in files]).to_pylist() if files else []
+    return described, failed
+
+
+def exactly_once(out, ids):
+    described, failed = rows(out)
+    seen = [r["image_id"] for r in described + failed]
+    assert sorted(seen) == sorted(ids), "every input row in exactly one output row"
+    return {r["image_id"]: r for r in described}, {r["image_id"]: r for r in failed}
+
+
+def test_examples_offline_in_batch_mode(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    argv = ["--input", os.path.join(ROOT, "examples/images.parquet"), "--output", out]
+    job.run(argv + ["--api_base", "local", "--mode", "batch"])
+    described, failed = rows(out)
+    source = pq.read_table(os.path.join(ROOT, "examples/images.parquet")).to_pylist()
+    assert len(described) + len(failed) == len(source)
+    assert described and all(r["billed"] and r["prompt_tokens"] for r in described)
+    summary = capsys.readouterr().out
+    assert "batch cost  $" in summary and "beside $" in summary
+    assert "batches     1 submitted" in summary and f"manifest    {out}/_batches" in summary
+
+
+def test_every_row_once_split_into_batches_and_spec_valid(tmp_path, run_job, capsys):
+    source, digests = write_input(tmp_path, 7, bad=BAD)
+    # the same image under a second id: one line, two rows
+    table = pq.read_table(source.replace("*", "0")).to_pylist()
+    table.append({"image_id": "row-0-again", "image_uri": table[0]["image_uri"]})
+    pq.write_table(pa.Table.from_pylist(table), source.replace("*", "0"))
+    out = str(tmp_path / "out")
+    with FakeBatchApi() as api:
+        run_job(api, source, out, *FAST, "--batch_max_requests", "3")
+    ids = [r["image_id"] for r in table]
+    described, failed = exactly_once(out, ids)
+    assert api.spec_errors == []
+    assert api.uploads == 3 and api.creates == 3  # 7 distinct images, 3 a batch
+    for image_id, row in described.items():
+        assert row["description"] == f"sha256:{digests[image_id.replace('-again', '')]}"
+    assert described["row-0"]["billed"] != described["row-0-again"]["billed"]
+    assert {failed[b]["stage"] for b, _ in BAD} == {"read"}
+    assert KEY not in json.dumps([*described.values(), *failed.values()], default=str)
+    assert "batches     3 submitted" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "fault, error_type",
+    [
+        ("refuse", "batch_refused"),
+        ("line_error", "batch_line_error"),
+        ("expire", "batch_expired"),
+        ("drop", "batch_missing"),
+        ("oversize", "batch_refused"),
+        ("flaky", None),
+    ],
+)
+def test_faults_become_failure_rows(tmp_path, run_job, fault, error_type):
+    source, _ = write_input(tmp_path, 4)
+    out = str(tmp_path / "out")
+    with FakeBatchApi() as api:
+        if fault == "refuse":
+            api.refuse = True
+        elif fault == "line_error":
+            api.line_error = lambda i: i == 1
+        elif fault == "expire":
+            api.expire_after = 2
+        elif fault == "drop":
+            api.drop = 1
+        elif fault == "oversize":
+            api.max_upload_bytes = 1000
+        else:
+            api.script.update(upload=[500, 429], create=[502], poll=[503, 429], content=[500])
+        run_job(api, source, out, *FAST)
+    ids = [f"row-{i}" for i in range(4)]
+    if error_type is None:
+        described, failed = exactly_once(out, ids)
+        assert len(described) == 4
+        return
+    files = glob.glob(os.path.join(out, "*.parquet"))
+    failed = pa.concat_tables([pq.read_table(f) for f in files if "failures" in f]).to_pylist()
+    described = [r for f in files if "descriptions" in f for r in pq.read_table(f).to_pylist()]
+    assert sorted(r["image_id"] for r in failed + described) == ids
+    kinds = [r["error_type"] for r in failed]
+    expected = {"refuse": 4, "line_error": 1, "expire": 2, "drop": 1, "oversize": 4}[fault]
+    assert kinds == [error_type] * expected
+    assert all(r["stage"] == "request" and r["error"] for r in failed)
+    if fault in ("refuse", "oversize"):
+        assert "injected" in failed[0]["error"]
+
+
+def test_submit_then_collect(tmp_path, run_job, capsys):
+    """--batch_wait=false: the first run writes only the rows that never reached a request and
+    says the rest are pending; the same command again writes every row once."""
+    source, _ = write_input(tmp_path, 3, bad=BAD[:1])
+    out = str(tmp_path / "out")
+    ids = ["row-0", "row-1", "row-2", "bad-missing"]
+    with FakeBatchApi() as api:
+        api.hold.set()
+        run_job(api, source, out, *FAST, "--batch_wait=false")
+        described, failed = rows(out)
+        assert described == []
+        assert [r["image_id"] for r in failed] == ["bad-missing"]
+        assert "PENDING     3 rows" in capsys.readouterr().out
+        api.release()
+        time.sleep(0.3)
+        run_job(api, source, out, *FAST, "--batch_wait=false")
+        assert api.uploads == 1 and api.creates == 1
+    exactly_once(out, ids)
+    assert "PENDING" not in capsys.readouterr().out
+
+
+def test_kill_and_resume_pays_nothing_more(tmp_path):
+    """The job is killed (SIGKILL) once its manifest records a batch; the same command again
+    makes no upload and no batch, and writes every row once."""
+    source, _ = write_input(tmp_path, 4)
+    out = str(tmp_path / "out")
+    with FakeBatchApi() as api:
+        api.hold.set()
+        argv = ["--input", source, "--output", out, "--api_base", api.base_url]
+        argv += ["--api_key_env", "VE_KEY", "--skip_preflight", *FAST]
+        env = {**os.environ, "VE_KEY": KEY, "PYTHONPATH": ROOT}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.describe_images", *argv],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            recorded = []
+            while time.monotonic() < deadline and not recorded:
+                for path in glob.glob(os.path.join(out, "_batches", "batches", "*.json")):
+                    if json.load(open(path)).get("batch_id"):
+                        recorded.append(path)
+                time.sleep(0.05)
+            assert recorded, "the job recorded no batch"
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        assert not glob.glob(os.path.join(out, "descriptions-*.parquet"))
+        uploads, creates = api.uploads, api.creates
+        assert (uploads, creates) == (1, 1)
+        api.release()
+        os.environ["VE_KEY"] = KEY
+        try:
+            job.run(argv)
+        finally:
+            del os.environ["VE_KEY"]
+        assert (api.uploads, api.creates) == (uploads, creates)
+    exactly_once(out, [f"row-{i}" for i in range(4)])
+
+
+def test_max_images_and_skip_existing(tmp_path, run_job, capsys):
+    source, _ = write_input(tmp_path, 5)
+    out = str(tmp_path / "out")
+    ids = [f"row-{i}" for i in range(5)]
+    with FakeBatchApi() as api:
+        run_job(api, source, out, *FAST, "--max_images", "2")
+        described, failed = exactly_once(out, ids)
+        assert len(described) == 2
+        assert {r["error_type"] for r in failed.values()} == {"budget_reached"}
+        # go on: the rows described are skipped, the rest are sent in a new batch of 3
+        run_job(
+            api,
+            source,
+            out,
+            *FAST,
+            "--skip_existing",
+            out,
+            "--batch_state",
+            str(tmp_path / "state2"),
+        )
+        assert api.creates == 2
+    assert "skipped     2 rows" in capsys.readouterr().out
+    newest = glob.glob(os.path.join(out, "descriptions-2*.parquet"))
+    added = pa.concat_tables([pq.read_table(f) for f in newest]).column("image_id").to_pylist()
+    assert sorted(added) == ids[2:]
+
+
+def test_anthropic_protocol_through_aimlapi_shape(tmp_path, run_job):
+    source, digests = write_input(tmp_path, 3)
+    out = str(tmp_path / "out")
+    with FakeBatchApi() as api:
+        run_job(
+            api,
+            source,
+            out,
+            *FAST,
+            "--model",
+            "claude-3-5-sonnet-20240620",
+            "--batch_protocol",
+            "anthropic",
+        )
+        assert api.calls["anthropic_create"] == 1 and api.openai.uploads == 0
+    described, _ = exactly_once(out, [f"row-{i}" for i in range(3)])
+    for image_id, row in described.items():
+        assert row["description"] == f"sha256:{digests[image_id]}"
+        assert row["prompt_tokens"] == 120

@@ -1,0 +1,82 @@
+"""What is asked for one image, the same whichever way it is sent. No Beam import.
+
+``RequestBuilder`` holds a job's question (model spec, prompt template's output schema, prices)
+and turns one planned reference and its loaded image into a ``PreparedRequest``: the exact
+``chat/completions`` body (``models.build_request``: the catalogue's per-family shaping,
+structured output, the prompt), its token estimate and its estimated cost. ``parse`` reads an
+answer back into the extra columns (``--output_schema`` or a Llama Guard verdict).
+
+The online describer (``describer.Worker``) and the batch senders (``batch_runner``) both call it,
+so a batch line's body is exactly the body online mode would send.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from transforms.core import images, models, structured, vision_api
+from transforms.core.describe_config import DescribeConfig, question, scaled_size, sent_instructions
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedRequest:
+    body: dict[str, Any]
+    estimate: int  # prompt tokens, estimated
+    bound: int  # completion tokens at most (--max_tokens)
+    estimated_cost: float  # at list prices, completion at its bound
+
+
+class RequestBuilder:
+    def __init__(self, cfg: DescribeConfig):
+        self.cfg = cfg
+        self.spec = models.spec_for(cfg.chat.model)
+        self.template, self.schema = question(cfg)
+        self.instructions = structured.instructions(self.schema) if self.schema else None
+        self.sent_instructions = sent_instructions(self.spec, self.schema)
+        self.prices = models.prices(self.spec, {m: (i, o) for m, i, o in cfg.price_table})
+
+    def estimate(self, prepared: images.PreparedImage, prompt: str, max_side: int):
+        """(prompt tokens, completion bound, estimated cost) of one image's request."""
+        chat = self.cfg.chat
+        width, height = scaled_size(prepared.width, prepared.height, max_side)
+        image_t, text_t, bound = models.estimate_tokens(
+            self.spec,
+            width,
+            height,
+            chat.detail,
+            prompt,
+            chat.system_prompt,
+            chat.max_tokens,
+            self.sent_instructions,
+        )
+        estimate = image_t + text_t
+        return estimate, bound, models.cost(self.prices, estimate, bound)
+
+    def body(self, prepared: images.PreparedImage, prompt: str) -> dict[str, Any]:
+        return vision_api.build_request(
+            prepared.url,
+            self.cfg.chat,
+            prompt=prompt,
+            json_schema=self.schema.json_schema if self.schema else None,
+            schema_instructions=self.instructions,
+        )
+
+    def prepare(
+        self, prepared: images.PreparedImage, prompt: str, max_side: int
+    ) -> PreparedRequest:
+        estimate, bound, estimated_cost = self.estimate(prepared, prompt, max_side)
+        return PreparedRequest(self.body(prepared, prompt), estimate, bound, estimated_cost)
+
+    def parse(self, content: str) -> dict[str, Any]:
+        """The answer's extra columns; raises ``structured.AnswerError`` when it does not
+        validate (the schema's, or a Llama Guard verdict)."""
+        if self.spec.moderation:
+            return structured.parse_guard_answer(content)
+        if self.schema is not None:
+            return structured.parse_answer(self.schema, content)
+        return {}
+
+    def invalid_message(self, exc: Exception, requests: int) -> str:
+        what = "Llama Guard verdict" if self.spec.moderation else "--output_schema"
+        return f"the answer does not match the {what} after {requests} requests: {exc}"
