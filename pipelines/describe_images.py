@@ -24,23 +24,27 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from pipelines import preflight
+from pipelines import preflight, review
+from pipelines.batch_setup import batch_config, local_store
+from pipelines.batch_summary import format_batch_dry_run, format_batch_summary
 from pipelines.describe_options import LOCAL, TABLE_SPEC, DescribeImagesOptions  # noqa: F401
 from pipelines.describe_setup import (  # noqa: F401 (the job's public names)
     Derived,
     OptionsError,
+    _worker_processes,
     derived,
     describe_config,
     template_of,
     validate,
 )
-from pipelines.summary import format_dry_run, format_summary, summarize
+from pipelines.summary import every_row_failed, format_dry_run, format_summary, summarize
 from schemas import rows as schema
 from transforms import describe_images as di
 from transforms.core import (
     sanitize,
 )
 from transforms.core.local_endpoint import ChatEndpoint
+from transforms.describe_in_batches import DescribeInBatches
 from transforms.estimate_requests import EstimateRequests
 from transforms.group_by_content import GroupByContent
 from transforms.plan_requests import PlanRequests
@@ -87,7 +91,11 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions, api_base: str, bi
     if d.dry_run:
         estimates = requests | "EstimateRequests" >> EstimateRequests(cfg)
         return estimates, unplanned, skipped
-    outputs = requests | "DescribeImages" >> di.DescribeImages(cfg)
+    if opts.mode == "batch":
+        bcfg = batch_config(options, api_base, _worker_processes(options))
+        outputs = requests | "DescribeInBatches" >> DescribeInBatches(cfg, bcfg)
+    else:
+        outputs = requests | "DescribeImages" >> di.DescribeImages(cfg)
     descriptions = outputs[di.DESCRIPTIONS]
     failures = (unplanned, outputs[di.FAILURES]) | "JobFailures" >> beam.Flatten()
     fields = schema.description_fields(di.extra_fields(cfg))
@@ -193,7 +201,7 @@ def run(argv: list[str] | None = None, bigquery_client=None):
         raise SystemExit(f"describe_images: {exc}") from None
     dry_run = derived(opts).dry_run
     local = opts.api_base == LOCAL and not dry_run
-    endpoint = ChatEndpoint().start() if local else None
+    endpoint = ChatEndpoint(batch_store=local_store(opts)).start() if local else None
     try:
         if endpoint is not None:
             _LOGGER.info(
@@ -208,9 +216,11 @@ def run(argv: list[str] | None = None, bigquery_client=None):
                 for table in filter(None, (opts.output_table, opts.failures_table)):
                     preflight.check_dataset_exists(table)
                 cfg = describe_config(options, api_base)
-                preflight.check_model_answers(
-                    api_base, cfg.chat, cfg.api_key_env, cfg.api_key_secret, cfg.request_timeout
-                )
+                # batch mode: the batch API itself says at once whether the key and model work
+                if opts.mode != "batch":
+                    preflight.check_model_answers(
+                        api_base, cfg.chat, cfg.api_key_env, cfg.api_key_secret, cfg.request_timeout
+                    )
             except preflight.PreflightError as exc:
                 raise SystemExit(f"describe_images: preflight: {exc}") from None
         if dry_run:
@@ -229,8 +239,16 @@ def run(argv: list[str] | None = None, bigquery_client=None):
                 raise
             raise SystemExit(f"describe_images: {line}") from None
         totals = summarize(result, time.monotonic() - started)
+        result.vision_enrich_totals = totals  # for main()'s exit status
         report = format_dry_run if dry_run else format_summary
-        print(report(totals, opts), flush=True)
+        text = report(totals, opts)
+        if opts.mode == "batch":
+            extra = format_batch_dry_run if dry_run else format_batch_summary
+            text += "\n" + extra(totals, opts)
+        print(text, flush=True)
+        if opts.review and not dry_run and (opts.output or opts.output_table):
+            d = derived(opts)
+            review.review_job(opts, d.output_schema, d.prices)
         return result
     finally:
         if endpoint is not None:
@@ -249,7 +267,9 @@ def main() -> None:
         handler.addFilter(_not_an_input_error)
     for name in ("pipelines", "transforms"):
         logging.getLogger(name).setLevel(logging.INFO)
-    run()
+    result = run()
+    if every_row_failed(getattr(result, "vision_enrich_totals", {})):
+        raise SystemExit(1)  # a scheduler must see it: the summary's ALL FAILED line says why
 
 
 if __name__ == "__main__":

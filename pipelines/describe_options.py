@@ -10,6 +10,7 @@ from apache_beam.options.pipeline_options import (
     PipelineOptions,
 )
 
+from pipelines.batch_options import add_batch_args
 from transforms.core import (
     images,
     vision_api,
@@ -35,6 +36,7 @@ class DescribeImagesOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         add = parser.add_argument
+        add_batch_args(add, flag)
         add(
             "--input",
             type=str,
@@ -331,6 +333,17 @@ class DescribeImagesOptions(PipelineOptions):
             default=0,
             help="Stop sending before the estimated spend in US dollars (price table) would "
             "pass this; split like --max_images. 0 = no limit. Default: 0.",
+        )
+        add(
+            "--review",
+            type=flag,
+            nargs="?",
+            const=True,
+            default=False,
+            help="At the end of the run write review.html next to the output (in the current "
+            "folder for a BigQuery-only run): a sample of 200 answers with thumbnails, the "
+            "failures grouped by stage and error type, and the run's totals; one offline "
+            "file (python -m pipelines.review makes it for any finished run). Default: off.",
         )
         add(
             "--price_table",

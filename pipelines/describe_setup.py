@@ -19,6 +19,7 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
+from pipelines.batch_setup import validate_batch
 from pipelines.describe_options import LOCAL, TABLE_SPEC, DescribeImagesOptions
 from pipelines.describe_options import flag as parse_flag
 from transforms import describe_images as di
@@ -143,6 +144,7 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
                 "offline with --api_base local"
             )
     FileSystems.set_options(options)  # so the gs:// checks below use the job's credentials
+    validate_batch(opts, OptionsError)
     _validate_skip_existing(opts, d)
     if opts.output_schema:
         d.output_schema = _read_schema_text(opts.output_schema)
