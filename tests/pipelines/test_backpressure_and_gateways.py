@@ -110,3 +110,44 @@ def test_a_gateway_refusing_the_key_stops_the_job_which_exits_non_zero(
     assert sum(f["error_type"] == "account_stopped" for f in failures) >= 180
     printed = capsys.readouterr().out
     assert "STOPPED" in printed and "ALL FAILED" in printed
+
+
+@pytest.mark.slow
+def test_an_envoy_rate_limit_service_holds_the_job_wide_budget(tmp_path, run_job):
+    """--rate_limit_service: every request first asks a (real, gRPC) Envoy rate-limit service,
+    which here allows 8 requests a second for the whole job."""
+    from tests.support.envoy_rls import EnvoyRls
+
+    source, digests = write_input(tmp_path, 24)
+    out = str(tmp_path / "out")
+    with EnvoyRls(per_second=8) as rls, RecordingApi() as api:
+        run_job(
+            api,
+            source,
+            out,
+            "--rate_limit_service",
+            rls.address,
+            "--max_concurrency",
+            16,
+            "--group_identical_images",
+            "false",
+        )
+    assert read_output(out, "descriptions").num_rows == 24
+    assert rls.allowed == 24 == api.endpoint.requests  # each request was allowed once first
+    assert {(domain, str(d)) for domain, d, _ in rls.calls} == {
+        ("vision-enrich", str([{"model": "gpt-4o"}]))
+    }
+    # 24 requests at 8/s from an empty bucket: the last arrives no sooner than ~2.9 s after
+    # the first (the service, not the 16 slots, set the pace)
+    assert api.arrivals[-1] - api.arrivals[0] >= 23 / 8 * 0.9
+
+
+def test_rate_limit_flags_are_checked(tmp_path):
+    for flags, words in (
+        (["--rate_limit_service", "not an address"], "host:port"),
+        (["--rate_limit_descriptors", "{nope"], "not JSON"),
+        (["--rate_limit_descriptors", '[{"a": 1}]'], "strings to strings"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            job.run(["--input", "examples/images.parquet", "--output", str(tmp_path), *flags])
+        assert words in str(exited.value)

@@ -58,6 +58,16 @@ _DURATION = re.compile(
 )
 
 
+def _vanished(k: int, n: int, before: float) -> bool:
+    """``k`` 429s in ``n`` answers are far fewer than the share ``before`` would give, beyond
+    chance. The share that started a test is the high end of what noise gives (the test starts
+    because a window ran high), so the count is compared with half of it: fewer than 40 % of
+    that, and 2.5 standard deviations of a binomial count below it."""
+    share = before / 2
+    expected = share * n
+    return k < 0.4 * expected and expected - k >= 2.5 * math.sqrt(expected * (1 - share))
+
+
 def parse_duration(text: str | None) -> float | None:
     """Seconds in ``1s``, ``6m0s``, ``20ms``, ``1h2m3.5s`` (OpenAI's reset headers) or a bare
     number of seconds; None when unreadable, negative or absurd."""
@@ -129,6 +139,7 @@ class Controller:
         self._last_look = -math.inf
         self._test: dict | None = None
         self._next_send = -math.inf
+        self._epoch = 0  # bumped when the pace slows: waiters then take new turns
         self._last_cut = -math.inf
         self._round = [0, 0]  # answers and 429s since the pace last changed (limited)
         self._floors: collections.deque = collections.deque(maxlen=5)  # shares after cuts
@@ -149,28 +160,41 @@ class Controller:
         return self.state != CLEAR or self._clock() < self._hint_until
 
     def acquire(self) -> tuple[float, float]:
+        """Wait for a slot, the gate and the pace. Returns the seconds a limit cost and the
+        instant the pace was granted: the request belongs to the rate in force then (a thread
+        that was given a slot at one test stage's rate and woke in the next counts for the
+        first), which ``release`` takes back as ``sent_at``."""
         self.slots.acquire()  # slow start and the concurrency cap: our own choice, not a limit
         throttled = self.gate.wait()
-        throttled += self._pace()
-        now = self._clock()
+        waited, granted = self._pace()
         if self.state == LIMITED:
             with self._lock:
-                self._sends.append(now)
-        return throttled, now
+                self._sends.append(granted)
+        return throttled + waited, granted
 
-    def _pace(self) -> float:
-        with self._lock:
-            now = self._clock()
-            rate = self._effective_rate(now)
-            if rate is None:
-                return 0.0
-            slot = max(now, self._next_send)
-            self._next_send = slot + 1.0 / rate
-        wait = slot - now
-        if wait > 0:
-            self._sleep(wait)
-            return wait
-        return 0.0
+    def _pace(self) -> tuple[float, float]:
+        """Wait for this request's turn at the pace in force. A slower pace set while waiting
+        (a test stage, a cut) voids the turns handed out at the old one: the waiters queue
+        again, so requests granted at the old rate do not pour out at it afterwards."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = self._clock()
+                rate = self._effective_rate(now)
+                if rate is None:
+                    return waited, now
+                slot = max(now, self._next_send)
+                self._next_send = slot + 1.0 / rate
+                epoch = self._epoch
+            while True:
+                wait = slot - self._clock()
+                if wait <= 0:
+                    return waited, now
+                step = min(wait, 0.2)
+                self._sleep(step)
+                waited += step
+                if self._epoch != epoch:
+                    break  # the pace changed under us: take a new turn
 
     def _effective_rate(self, now: float) -> float | None:
         rates = [r for r in (self.rate, self._hint_rate if now < self._hint_until else None) if r]
@@ -185,7 +209,8 @@ class Controller:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         ok, throttled = status == 200, status == 429
-        self.slots.release(succeeded=ok)
+        # the first 429 ends the slow start (the slots stop doubling), without halving them
+        self.slots.release(succeeded=ok, end_slow_start=throttled)
         with self._lock:
             now = self._clock()
             if headers:
@@ -210,29 +235,36 @@ class Controller:
     def _observe_clear(self, now, sent_at, ok, throttled, retry_after) -> None:
         recent = self._recent
         recent.append((sent_at, ok, throttled))
-        while len(recent) > self._window_answers or (
-            len(recent) > 20 and recent[0][0] < now - self._window_seconds
+        while len(recent) > 20 and (
+            recent[0][0] < now - self._window_seconds
+            or (len(recent) > self._window_answers and recent[1][0] < now - 1.0)
         ):
             recent.popleft()
-        if not throttled or now - self._last_look < 0.25:
+        n = len(recent)
+        # look at every 429 while the window is short (a cold start against a limit sends a
+        # hundred requests in half a second), at most ten times a second once it is long
+        if not throttled or (n > 64 and now - self._last_look < 0.1):
             return
         self._last_look = now
-        n = len(recent)
         n429 = sum(1 for _, _, t in recent if t)
         share = n429 / n
-        if n < 10 or n429 < self._min_429s or share <= max(0.1, 2 * self.noise + 0.02):
+        span = now - recent[0][0]
+        if n429 < self._min_429s or share <= max(0.1, 2 * self.noise + 0.02):
             return
-        span = max(0.1, now - recent[0][0])
-        sent_rate = n / span
-        # over at least a second: a provider's burst allowance is about a second of its limit,
-        # and a cold start spends it in the first few hundred milliseconds
+        # a storm (half the answers refused) is no provider's everyday noise: test at once;
+        # otherwise wait for a second of answers (a provider's burst allowance is about a
+        # second of its limit, and a cold start spends it in the first few hundred milliseconds)
+        storm = share >= 0.5 and n >= 10
+        if span < 1.0 and not storm:
+            return
+        sent_rate = n / max(0.1, span)
         accepted = (n - n429) / max(1.0, span)
         self.state, self.tests = TESTING, self.tests + 1
         self._test = {"stages": [], "before": share}
         recent.clear()
         # first at the rate the provider accepted (just under a limit, a little under noise),
         # then at half that
-        self._stage(now, max(0.2, sent_rate / 8, min(accepted, sent_rate)))
+        self._stage(now, max(0.2, sent_rate / 32, min(accepted, sent_rate)))
         _LOGGER.info(
             "back-pressure: %.0f%% of the last %d answers were 429; pacing at %.1f/s, then at "
             "half that, to tell a limit from noise",
@@ -241,9 +273,14 @@ class Controller:
             self.rate,
         )
 
-    def _stage(self, now: float, rate: float) -> None:
+    def _repace(self, now: float, rate: float | None) -> None:
+        """A new (slower, or no) pace from now on: turns granted at the old one are void."""
         self.rate = rate
         self._next_send = now
+        self._epoch += 1
+
+    def _stage(self, now: float, rate: float) -> None:
+        self._repace(now, rate)
         self._test.update(start=now, n=0, ok=0, t=0)
 
     def _observe_test(self, now, sent_at, ok, throttled, retry_after) -> None:
@@ -253,32 +290,42 @@ class Controller:
         test["n"] += 1
         test["ok"] += ok
         test["t"] += throttled
-        elapsed = now - test["start"]
-        n = test["n"]
-        if not (
-            (elapsed >= self._test_seconds and n >= 10)
-            or (elapsed >= 4 * self._test_seconds and n >= 5)
-            or elapsed >= 10 * self._test_seconds
-        ):
+        elapsed, n, k, before = now - test["start"], test["n"], test["t"], test["before"]
+        if elapsed < self._test_seconds or n < 10:
             return
-        share, accepted = test["t"] / max(1, n), test["ok"] / max(1e-9, elapsed)
-        test["stages"].append((self.rate, share, accepted, n))
-        if len(test["stages"]) == 1:
-            return self._stage(now, max(0.2, self.rate / 2))
+        first = not test["stages"]
+        if _vanished(k, n, before):
+            # the 429s all but stopped at this stage's rate: a limit, and this rate is under it;
+            # after a first stage above it, what that stage got accepted is the limit's measure
+            rate = self.rate if first else max(self.rate, 0.95 * test["stages"][0][2])
+            return self._found(now, rate, k / n, test["ok"] / elapsed, None)
+        # the share did not fall by much (as _vanished counts it), or the stage ran long enough:
+        # otherwise wait for the answers that make a fall certain either way
+        settled = n >= 20 and k >= 0.4 * (before / 2) * n
+        if not settled and elapsed < 8 * self._test_seconds:
+            return
+        test["stages"].append((self.rate, k / n, test["ok"] / elapsed, n))
+        if first:
+            # half of what was actually sent: the first stage's pace may not have bound (a job
+            # short of CPU sends slower than any pace)
+            return self._stage(now, max(0.2, min(self.rate, n / elapsed) / 2))
         (rate_a, share_a, accepted_a, n_a), (_, share_b, accepted_b, n_b) = test["stages"]
-        before = test["before"]
-        slowed_share = (share_a * n_a + share_b * n_b) / max(1, n_a + n_b)
-        if slowed_share < 0.4 * before:
-            # the 429s all but stopped when we slowed down: a limit, and the first stage's rate
-            # (what the provider had accepted) is under it: probe up from there
-            return self._found(now, rate_a, slowed_share, accepted_a, None)
+        pooled = (share_a * n_a + share_b * n_b) / (n_a + n_b)
+        if _vanished(round(pooled * (n_a + n_b)), n_a + n_b, before) or (
+            before >= 0.5 and pooled < 0.5 * before
+        ):
+            # over both stages the 429s fell well below their share before (for a storm: to
+            # under half of it; no provider's noise refuses half of all requests): a limit,
+            # and the first stage's rate (what the provider had accepted) is at or under it
+            return self._found(now, max(rate_a, 0.95 * accepted_a), pooled, accepted_a, None)
         if accepted_b >= 0.7 * accepted_a:
             # both stages above the limit (its burst allowance spent): it accepted as much at
             # half the rate
             return self._found(now, 0.95 * accepted_b, share_b, accepted_b, retry_after)
         self._test = None
-        self.state, self.rate = CLEAR, None
-        self.noise = max(self.noise * 0.5, (slowed_share + before) / 2)
+        self.state = CLEAR
+        self._repace(now, None)
+        self.noise = max(self.noise * 0.5, (share_a + share_b + before) / 3)
         _LOGGER.info(
             "back-pressure: 429s stayed at %.0f%% / %.0f%% while the rate was cut and halved "
             "(%.0f%% before): the provider's noise, not a limit; back to full speed, each "
@@ -291,7 +338,7 @@ class Controller:
     def _found(self, now, rate, share, accepted, retry_after) -> None:
         self._test = None
         self.state, self.limits_found = LIMITED, self.limits_found + 1
-        self.rate = max(0.2, rate)
+        self._repace(now, max(0.2, rate))
         self._last_cut = now
         self._round = [0, 0]
         self._floors.clear()
@@ -330,7 +377,7 @@ class Controller:
         self._after_cut = share > floor + margin
         if self._after_cut:
             self._cut_share = share
-            self.rate = max(0.2, self.rate * 0.85)
+            self._repace(now, max(0.2, self.rate * 0.85))
         else:
             self.rate *= 1.05
         self._last_cut = now
@@ -340,7 +387,8 @@ class Controller:
         while sends and sends[0] < now - 10.0:
             sends.popleft()
         if now - self._limited_since > 10.0 and len(sends) / 10.0 < self.rate / 3:
-            self.state, self.rate = CLEAR, None
+            self.state = CLEAR
+            self._repace(now, None)
             self._recent.clear()
             _LOGGER.info("back-pressure: the limit no longer binds; pacing off")
 

@@ -104,9 +104,13 @@ class AdaptiveConcurrency:
             self._in_flight += 1
         return throttled
 
-    def release(self, throttled: bool = False, succeeded: bool = False) -> None:
+    def release(
+        self, throttled: bool = False, succeeded: bool = False, end_slow_start: bool = False
+    ) -> None:
         with self._cond:
             self._in_flight -= 1
+            if end_slow_start:
+                self._slow_start = False
             if throttled:
                 self._slow_start = False
                 now = self._clock()
