@@ -165,7 +165,7 @@ class DescribeImagesFn(beam.DoFn):
     ):
         done = self._done
         for ref in batch:
-            future = self._worker.executor.submit(self._worker.describe_contained, ref)
+            future = self._worker.submit(ref)  # prepared ahead, then sent
             self._pending[future] = (ref, window, timestamp)
             future.add_done_callback(done.put)
         tally = self._worker.tally

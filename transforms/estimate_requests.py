@@ -67,7 +67,9 @@ class _Estimate(beam.DoFn):
                 return
         if found.width is None:
             self._unknown_size.inc()
-        width, height = di.scaled_size(found.width, found.height, self._loader.options.max_side)
+        width, height = di.scaled_size(
+            found.width, found.height, self._loader.options.max_side, self._spec, chat.detail
+        )
         image_t, text_t, bound = models.estimate_tokens(
             self._spec,
             width,

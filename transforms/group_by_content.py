@@ -10,18 +10,32 @@ reference is sent, every other row rides along in its ``duplicates`` and gets th
 The price is one extra read of each image, far below the price of one request.
 
 The reference that is sent is the smallest (``image_uri``, ``image_id``) of its group, so which
-row is marked ``billed`` does not depend on the runner. A reference that cannot be read here, and
+row is marked ``billed`` does not depend on the runner. Without ``--skip_existing`` this is the
+job's only shuffle: rows with the same reference have the same bytes, so ``PlanRequests`` does not
+group them first (``rows_sharing_a_request`` counts them here), and each reference is read once
+per worker (a bounded cache of digests by reference). Elements travel packed
+(``describe_config.RefPacker``) under a 16-byte key, so that a local run's memory stays flat in
+the number of rows. A reference that cannot be read here, and
 an http(s) image sent by URL (never read by the job), stays a request of its own: the describe
 step reads it again and writes its failure row, or sends its URL.
 """
 
 from __future__ import annotations
 
+import collections
+import hashlib
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import describe_images as di
-from transforms.core import images, ledger, models
+from transforms.core import describe_config, images, ledger, models
+
+_DIGESTS_KEPT = 4096  # references whose digest a worker remembers (duplicate rows read once)
+
+
+def _short_key(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:16]
 
 
 class _KeyByContent(beam.DoFn):
@@ -32,20 +46,35 @@ class _KeyByContent(beam.DoFn):
         spec = models.spec_for(self._cfg.chat.model)
         self._loader = images.ImageLoader(di.image_options(self._cfg, spec))
         self._unread = Metrics.counter(di.NAMESPACE, "content_hash_unread")
+        self._packer = describe_config.RefPacker(self._cfg)
+        self._digests: collections.OrderedDict[str, str | None] = collections.OrderedDict()
 
     def teardown(self):
         self._loader.close()
 
-    def process(self, ref):
+    def _digest(self, uri) -> str | None:
+        cacheable = isinstance(uri, str) and not uri.startswith("data:")
+        if cacheable and uri in self._digests:
+            self._digests.move_to_end(uri)
+            return self._digests[uri]
         try:
-            digest = self._loader.content_hash(ref.get("image_uri"))
+            digest = self._loader.content_hash(uri)
         except Exception:  # the describe step reads it again and reports why it cannot
             self._unread.inc()
-            digest = None
+            return None
+        if cacheable:
+            self._digests[uri] = digest
+            if len(self._digests) > _DIGESTS_KEPT:
+                self._digests.popitem(last=False)
+        return digest
+
+    def process(self, ref):
+        digest = self._digest(ref.get("image_uri"))
         if digest is None:
-            yield ledger.reference_key(ref.get("image_uri"), ref["request_key"]), ref
+            key = ledger.reference_key(ref.get("image_uri"), ref["request_key"])
         else:
-            yield f"sha256:{digest}:{ref['request_key']}", ref
+            key = f"sha256:{digest}:{ref['request_key']}"
+        yield _short_key(key), self._packer.pack(ref)
 
 
 def _order(ref) -> tuple[str, str]:
@@ -55,21 +84,38 @@ def _order(ref) -> tuple[str, str]:
 class _Merge(beam.DoFn):
     """(key, requests) -> one request whose ``duplicates`` hold every other row of the group."""
 
+    def __init__(self, cfg: di.DescribeConfig):
+        self._cfg = cfg
+
     def setup(self):
         self._shared = Metrics.counter(di.NAMESPACE, "rows_sharing_identical_bytes")
+        self._same_reference = Metrics.counter(di.NAMESPACE, "rows_sharing_a_request")
+        self._packer = describe_config.RefPacker(self._cfg)
 
     def process(self, element):
         _key, grouped = element
-        refs = sorted(grouped, key=_order)
+        refs = sorted((self._packer.unpack(p) for p in grouped), key=_order)
         if len(refs) == 1:
             yield refs[0]
             return
         first = dict(refs[0])
         riders = list(first.get("duplicates") or ())
+        # rows of one reference that PlanRequests did not group (no --skip_existing) share a
+        # request as rows_sharing_a_request; the rest share identical bytes
+        per_reference = collections.Counter(str(ref.get("image_uri")) for ref in refs)
+        same_reference = sum(n - 1 for n in per_reference.values())
         for ref in refs[1:]:
             riders.append({"image_id": ref.get("image_id"), "image_uri": ref.get("image_uri")})
             riders.extend(ref.get("duplicates") or ())
-        self._shared.inc(len(riders) - len(first.get("duplicates") or ()))
+        if same_reference:
+            self._same_reference.inc(same_reference)
+        shared = (
+            len(riders)
+            - len(first.get("duplicates") or ())
+            - (per_reference[str(first.get("image_uri"))] - 1)
+        )
+        if shared:
+            self._shared.inc(shared)
         first["duplicates"] = riders
         yield first
 
@@ -84,5 +130,5 @@ class GroupByContent(beam.PTransform):
             planned
             | "HashImages" >> beam.ParDo(_KeyByContent(self._cfg))
             | "GroupByContent" >> beam.GroupByKey()
-            | "OneRequestPerContent" >> beam.ParDo(_Merge())
+            | "OneRequestPerContent" >> beam.ParDo(_Merge(self._cfg))
         )

@@ -10,8 +10,10 @@ Identical bytes under different references are caught later, by content hash, pe
 
 With ``existing`` (``(reference key, image_id)`` pairs of rows already described, from
 ``ReadExistingKeys``), rows already described under the same key are not sent again: they come out
-on ``skipped``. A row whose prompt cannot be built (null, non-UTF-8 or oversized column) is a
-failure row with stage ``read`` and error type ``bad_prompt``.
+on ``skipped``. Without ``existing`` and with ``by_content`` (``GroupByContent`` follows), rows are
+not grouped here: rows with the same reference have the same bytes, and the content shuffle groups
+them as well, so one shuffle does both. A row whose prompt cannot be built (null, non-UTF-8 or
+oversized column) is a failure row with stage ``read`` and error type ``bad_prompt``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import describe_images as di
-from transforms.core import ledger, prompts
+from transforms.core import describe_config, ledger, prompts
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -55,17 +57,22 @@ class _Render(beam.DoFn):
 
 
 class _Group(beam.DoFn):
-    """(key, {'new': refs, 'done': ids}) -> one ref carrying its ``duplicates``; skipped refs."""
+    """(key, {'new': packed refs, 'done': ids}) -> one ref carrying its ``duplicates``; skipped
+    refs."""
+
+    def __init__(self, cfg: di.DescribeConfig):
+        self._cfg = cfg
 
     def setup(self):
         self._skipped = Metrics.counter(di.NAMESPACE, "rows_skipped_existing")
         self._duplicates = Metrics.counter(di.NAMESPACE, "rows_sharing_a_request")
+        self._packer = describe_config.RefPacker(self._cfg)
 
     def process(self, element):
         _key, grouped = element
         done = set(grouped.get("done") or ())
         keep = []
-        for ref in grouped["new"]:
+        for ref in map(self._packer.unpack, grouped["new"]):
             if ref.get("image_id") in done:
                 self._skipped.inc()
                 yield beam.pvalue.TaggedOutput(SKIPPED, ref)
@@ -82,25 +89,45 @@ class _Group(beam.DoFn):
         yield first
 
 
+class _KeyByReference(beam.DoFn):
+    def __init__(self, cfg: di.DescribeConfig):
+        self._cfg = cfg
+
+    def setup(self):
+        self._packer = describe_config.RefPacker(self._cfg)
+
+    def process(self, ref):
+        yield ledger.reference_key(ref.get("image_uri"), ref["request_key"]), self._packer.pack(ref)
+
+
 class PlanRequests(beam.PTransform):
-    def __init__(self, cfg: di.DescribeConfig, existing=None, label: str | None = None):
+    def __init__(
+        self,
+        cfg: di.DescribeConfig,
+        existing=None,
+        label: str | None = None,
+        by_content: bool = False,
+    ):
         super().__init__(label)
         self._cfg = cfg
         self._existing = existing
+        self._by_content = by_content
 
     def expand(self, refs):
         planned = refs | "RenderPrompts" >> beam.ParDo(_Render(self._cfg)).with_outputs(
             di.FAILURES, main=PLANNED
         )
-        keyed = planned[PLANNED] | "KeyByReference" >> beam.Map(
-            lambda r: (ledger.reference_key(r.get("image_uri"), r["request_key"]), r)
-        )
+        if self._existing is None and self._by_content:
+            none = refs.pipeline | "NothingSkipped" >> beam.Create([])
+            return planned[PLANNED], planned[di.FAILURES], none
+        keyed = planned[PLANNED] | "KeyByReference" >> beam.ParDo(_KeyByReference(self._cfg))
         existing = self._existing
         if existing is None:
             existing = refs.pipeline | "NoExistingRows" >> beam.Create([])
         groups = (
             {"new": keyed, "done": existing}
             | "GroupByReference" >> beam.CoGroupByKey()
-            | "OneRequestPerImage" >> beam.ParDo(_Group()).with_outputs(SKIPPED, main=PLANNED)
+            | "OneRequestPerImage"
+            >> beam.ParDo(_Group(self._cfg)).with_outputs(SKIPPED, main=PLANNED)
         )
         return groups[PLANNED], planned[di.FAILURES], groups[SKIPPED]

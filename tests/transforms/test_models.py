@@ -281,8 +281,10 @@ def test_unknown_id_gets_openai_like_defaults_and_does_not_log(caplog):
         ("gpt-4o-mini", 4000, 4000, "low", 2833),
         ("gpt-4o-mini", 512, 512, "high", 2833 + 5667),
         ("claude-3-5-sonnet-20241022", 1000, 1000, "auto", 1334),
-        ("claude-3-5-sonnet-20241022", 3000, 3000, "auto", math.ceil(1568 * 1568 / 750)),
-        ("claude-3-haiku-20240307", 3136, 1568, "low", math.ceil(1568 * 784 / 750)),
+        # long edge 1568, then at most ~1.15 MP: 1072x1072 and 1516x758
+        ("claude-3-5-sonnet-20241022", 3000, 3000, "auto", math.ceil(1072 * 1072 / 750)),
+        ("claude-3-haiku-20240307", 3136, 1568, "low", math.ceil(1516 * 758 / 750)),
+        ("claude-3-haiku-20240307", 1568, 700, "auto", math.ceil(1568 * 700 / 750)),
         ("gemini-1.5-flash", 300, 300, "auto", 258),
         ("gemini-1.5-flash", 384, 384, "auto", 258),
         ("gemini-1.5-flash", 385, 300, "auto", 258),

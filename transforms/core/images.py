@@ -35,7 +35,7 @@ from collections.abc import Callable
 import requests
 from PIL import Image, UnidentifiedImageError, features
 
-from transforms.core import decode_budget, image_sources
+from transforms.core import decode_budget, image_sizes, image_sources
 from transforms.core.image_sources import ImageError  # re-exported: part of this module's API
 from transforms.core.sanitize import quote
 
@@ -108,6 +108,11 @@ class ImageOptions:
     send_formats: tuple[str, ...] = tuple(SENDABLE)
     # decoded megapixels in flight per worker process, shared by its threads (0 = no limit)
     decode_megapixels: float = 100.0
+    # (width, height) -> the size to send (the model's view, ``models.sent_size``); None: the
+    # image fitted into max_side
+    target_size: Callable[[int, int], tuple[int, int]] | None = dataclasses.field(
+        default=None, compare=False
+    )
 
 
 def _decode_error(message: str, error_type: str) -> ImageError:
@@ -256,11 +261,15 @@ class ImageLoader:
             raise self._bomb(fmt, data, exc) from None
         except Exception:
             raise _decode_error(f"{fmt} image has a corrupt frame", "corrupt") from None
-        shrink = max(width, height) > opts.max_side
+        # the size to send, in the stored orientation (every family's view is symmetric)
+        if opts.target_size is not None:
+            target = opts.target_size(width, height)
+        else:
+            target = image_sizes.fit(width, height, opts.max_side, opts.max_side)
+        shrink = target != (width, height)
         if shrink and fmt in ("JPEG", "MPO"):
-            # decode straight to a smaller scale (DCT scaling): far cheaper than full decode
-            scale = opts.max_side / max(width, height)
-            img.draft(img.mode, (max(1, round(width * scale)), max(1, round(height * scale))))
+            # decode straight to the nearest DCT scale at or above the target: far cheaper
+            img.draft(img.mode, target)
         frame_w, frame_h = img.size  # what load() will allocate
         if frame_w * frame_h > opts.max_pixels:
             raise self._bomb(fmt, data, ValueError(f"frame of {frame_w}x{frame_h}"))
@@ -289,7 +298,7 @@ class ImageLoader:
                 _verify(data, fmt)
                 payload, mime = data, SENDABLE[fmt]
             else:
-                payload, mime = self._convert(img, orientation)
+                payload, mime = self._convert(img, orientation, target)
             img.close()
         upright = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
         source_mime = Image.MIME.get(fmt) or SENDABLE.get(fmt) or "application/octet-stream"
@@ -308,10 +317,12 @@ class ImageLoader:
             sent_bytes=len(payload),
         )
 
-    def _convert(self, img: Image.Image, orientation: int) -> tuple[bytes, str]:
-        """JPEG (or PNG, for transparency and palette images) at most ``max_side`` on a side,
-        upright. Scaling comes before mode conversion and rotation where it can, so at most a
-        couple of full-size 8-bit copies exist at once."""
+    def _convert(
+        self, img: Image.Image, orientation: int, size: tuple[int, int]
+    ) -> tuple[bytes, str]:
+        """JPEG (or PNG, for transparency and palette images) of ``size`` (in the stored
+        orientation), then upright. Scaling comes before mode conversion and rotation where it
+        can, so at most a couple of full-size 8-bit copies exist at once."""
         opts = self.options
         has_alpha = img.mode in ("RGBA", "LA", "PA") or (
             img.mode == "P" and "transparency" in img.info
@@ -323,10 +334,8 @@ class ImageLoader:
             img = _to_8bit(img)
         if img.mode not in ("L", "RGB", "RGBA"):  # resampling needs these (P, 1, CMYK, LA ...)
             img = img.convert(target)
-        if max(img.size) > opts.max_side:
-            img.thumbnail(
-                (opts.max_side, opts.max_side), Image.Resampling.LANCZOS, reducing_gap=2.0
-            )
+        if img.size != size:
+            img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
         if img.mode != target:
             img = img.convert(target)
         if orientation in _TRANSPOSE:

@@ -27,7 +27,7 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
-from transforms.core import tokens
+from transforms.core import image_sizes, tokens
 
 FAMILIES = ("openai", "anthropic", "google", "meta", "minimax")
 RESPONSE_FORMATS = ("json_schema", "json_object", None)
@@ -131,7 +131,8 @@ def _google(model_id: str, price_in: float, price_out: float):
 # Source: the Llama 3.2 Vision model card and prompt format (served by Together-style hosts).
 # The prompt format does not take a system prompt together with an image, so system text is
 # folded into the user turn; one image a request; no detail and no JSON mode. The image is fitted
-# into at most 4 tiles of 560x560, so 1120 px is the longest side worth sending for a 2x2 canvas.
+# into a canvas of at most 4 tiles of 560x560 (2x2, or 4x1 for a long strip), so 2240 px is the
+# longest side worth sending; ``image_sizes.llama_view`` picks the canvas as Meta does.
 # 10 MB per image is the hosts' usual bound: check before relying. Llama Guard 3 Vision is a
 # classifier: it answers "safe" or "unsafe" and category codes, and is never sent a system
 # message or a response_format.
@@ -145,7 +146,7 @@ def _meta(model_id: str, price_in: float, price_out: float, moderation: bool = F
         max_images=1,
         token_field="max_tokens",
         max_image_bytes=10 * _MIB,
-        max_image_side=1120,
+        max_image_side=2240,
         image_mimes=_COMMON_MIMES,
         input_price=price_in,
         output_price=price_out,
@@ -232,56 +233,32 @@ def spec_for(model_id: str) -> ModelSpec:
 
 
 # -- token estimates -------------------------------------------------------------------------
-# gpt-4o-mini's published image figures: far more tokens per tile, at a lower price per token.
-_MINI_BASE, _MINI_TILE = 2833, 5667
-_ANTHROPIC_LONG_EDGE, _ANTHROPIC_PIXELS_PER_TOKEN = 1568, 750
-_GEMINI_SMALL_SIDE, _GEMINI_TILE_SIDE, _GEMINI_TILE_TOKENS = 384, 768, 258
-_LLAMA_TILE_SIDE, _LLAMA_MAX_TILES, _LLAMA_TILE_TOKENS = 560, 4, 1601
-
-
-def _is_openai_mini(spec: ModelSpec) -> bool:
-    return spec.family == "openai" and spec.id.startswith("gpt-4o-mini")
-
-
 def image_tokens(spec: ModelSpec, width: int, height: int, detail: str = "auto") -> int:
-    """Estimated prompt tokens of one image of ``width`` x ``height`` px (after our scaling).
+    """Estimated prompt tokens of one image of ``width`` x ``height`` px, counted on the size the
+    provider scales it to (``image_sizes.model_view``), so the original and the image the job
+    prepares cost the same.
 
-    - openai: OpenAI's tile formula (``tokens.openai_image_tokens``: low 85, else 85 + 170 per
-      512-px tile after fitting 2048x2048 and scaling the short side to 768); gpt-4o-mini ids use
-      the published mini figures, 2833 + 5667 per tile (low: 2833).
-    - anthropic: scaled so that the long edge is at most 1568 px, then ceil(w * h / 750).
+    - openai: OpenAI's tile formula (low 85, else 85 + 170 per 512-px tile after fitting
+      2048x2048 and scaling the short side to 768); gpt-4o-mini ids use the published mini
+      figures, 2833 + 5667 per tile (low: 2833).
+    - anthropic: the long edge at most 1568 px and at most ~1.15 megapixels, then
+      ceil(w * h / 750).
     - google: 258 when both sides are at most 384 px, else 258 per 768x768 tile, after fitting
-      the image into ``spec.max_image_side`` (3072) square as Gemini does.
-    - meta: an ESTIMATE to check against real usage blocks: Llama 3.2 Vision cuts the image
-      into tiles of 560x560, at most 4, and each tile is about 1601 tokens (40x40 patches of
-      14 px plus one); at least one tile.
+      the image into 3072x3072 as Gemini does.
+    - meta: an ESTIMATE to check against real usage blocks: Llama 3.2 Vision's canvas of at most
+      4 tiles of 560x560 (Meta's choice of canvas), about 1601 tokens a tile.
     - minimax and ids outside the catalogue: OpenAI's tile formula, an estimate.
 
     ``detail`` matters only where the model takes it (``spec.detail``).
     """
-    width, height = max(1, int(width)), max(1, int(height))
-    if not spec.detail:
-        detail = "auto"  # never sent, so the provider uses its default
-    if spec.family == "anthropic":
-        scale = min(1.0, _ANTHROPIC_LONG_EDGE / max(width, height))
-        w, h = max(1, round(width * scale)), max(1, round(height * scale))
-        return math.ceil(w * h / _ANTHROPIC_PIXELS_PER_TOKEN)
-    if spec.family == "google":
-        scale = min(1.0, spec.max_image_side / max(width, height))
-        w, h = width * scale, height * scale
-        if w <= _GEMINI_SMALL_SIDE and h <= _GEMINI_SMALL_SIDE:
-            return _GEMINI_TILE_TOKENS
-        tiles = math.ceil(w / _GEMINI_TILE_SIDE) * math.ceil(h / _GEMINI_TILE_SIDE)
-        return tiles * _GEMINI_TILE_TOKENS
-    if spec.family == "meta":
-        tiles = math.ceil(width / _LLAMA_TILE_SIDE) * math.ceil(height / _LLAMA_TILE_SIDE)
-        return max(1, min(_LLAMA_MAX_TILES, tiles)) * _LLAMA_TILE_TOKENS
-    if _is_openai_mini(spec):
-        if detail == "low":
-            return _MINI_BASE
-        gpt4o = tokens.openai_image_tokens(width, height, detail)
-        return _MINI_BASE + _MINI_TILE * ((gpt4o - 85) // 170)
-    return tokens.openai_image_tokens(width, height, detail)
+    return image_sizes.image_tokens(spec, width, height, detail)
+
+
+def sent_size(
+    spec: ModelSpec, width: int, height: int, detail: str = "auto", max_side: int | None = None
+) -> tuple[int, int]:
+    """The size an image is prepared at for ``spec`` (``image_sizes.sent_size``)."""
+    return image_sizes.sent_size(spec, width, height, detail, max_side)
 
 
 _MESSAGE_OVERHEAD = 7  # role markers and separators

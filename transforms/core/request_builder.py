@@ -39,7 +39,9 @@ class RequestBuilder:
     def estimate(self, prepared: images.PreparedImage, prompt: str, max_side: int):
         """(prompt tokens, completion bound, estimated cost) of one image's request."""
         chat = self.cfg.chat
-        width, height = scaled_size(prepared.width, prepared.height, max_side)
+        width, height = scaled_size(
+            prepared.width, prepared.height, max_side, self.spec, chat.detail
+        )
         image_t, text_t, bound = models.estimate_tokens(
             self.spec,
             width,

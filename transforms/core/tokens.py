@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import math
 
+from transforms.core import image_sizes
+
 
 def openai_image_tokens(width: int, height: int, detail: str = "auto") -> int:
     """Image tokens by OpenAI's published tile formula for gpt-4o-class models: ``low`` is 85;
     otherwise fit within 2048x2048, scale the short side down to 768, and count 85 + 170 per
     512-px tile."""
     if detail == "low":
-        return 85
-    scale = min(1.0, 2048 / max(width, height))
-    w, h = width * scale, height * scale
-    scale = min(1.0, 768 / min(w, h))
-    w, h = w * scale, h * scale
-    tiles = math.ceil(w / 512) * math.ceil(h / 512)
-    return 85 + 170 * tiles
+        return image_sizes.OPENAI_BASE
+    return image_sizes.OPENAI_BASE + image_sizes.OPENAI_TILE * image_sizes.openai_tiles(
+        width, height
+    )
 
 
 def text_tokens(text: str | None) -> int:
