@@ -85,7 +85,10 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions, api_base: str, bi
             d.existing_table or d.existing_pattern,
             table=bool(d.existing_table),
         )
-    requests, unplanned, skipped = refs | "PlanRequests" >> PlanRequests(cfg, existing)
+    # without --skip_existing, grouping by content groups by reference too: one shuffle
+    requests, unplanned, skipped = refs | "PlanRequests" >> PlanRequests(
+        cfg, existing, by_content=bool(opts.group_identical_images)
+    )
     if opts.group_identical_images:
         requests = requests | "GroupByContent" >> GroupByContent(cfg)
     if d.dry_run:

@@ -182,6 +182,28 @@ class DescribeImagesOptions(PipelineOptions):
             "Dataflow); 0 = none. Default: 0.",
         )
         add(
+            "--rate_limit_service",
+            type=str,
+            default="",
+            help="host:port of an Envoy rate-limit service (gRPC) that holds the job-wide "
+            "request budget: every worker asks it before each request, so the whole budget is "
+            "shared by whichever workers autoscaling has up (instead of --requests_per_minute's "
+            "even split). Default: none.",
+        )
+        add(
+            "--rate_limit_domain",
+            type=str,
+            default="vision-enrich",
+            help="The rate-limit service's domain for this job's requests. Default: vision-enrich.",
+        )
+        add(
+            "--rate_limit_descriptors",
+            type=str,
+            default="",
+            help="JSON list of descriptors (string-to-string objects) sent with each request to "
+            'the rate-limit service, matching its configuration. Default: [{"model": <--model>}].',
+        )
+        add(
             "--tokens_per_minute",
             type=float,
             default=0,

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import time
 import uuid
 
@@ -29,6 +30,7 @@ from transforms.core import (
     netguard,
     prompts,
     secrets,
+    shared_limit,
     structured,
     vision_api,
 )
@@ -120,6 +122,17 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
             raise OptionsError(f"--{flag} must be at least 1")
     if opts.max_decode_megapixels < 0:
         raise OptionsError("--max_decode_megapixels must be >= 0 (0: no limit)")
+    if opts.rate_limit_service and not re.match(
+        r"^[A-Za-z0-9_.\[\]:-]+:[0-9]+$", opts.rate_limit_service
+    ):
+        raise OptionsError(
+            f"--rate_limit_service {opts.rate_limit_service!r} must be host:port of the Envoy "
+            "rate-limit service's gRPC endpoint"
+        )
+    try:
+        shared_limit.parse_descriptors(opts.rate_limit_descriptors, opts.model)
+    except ValueError as exc:
+        raise OptionsError(str(exc)) from None
     if min(opts.max_retries, opts.requests_per_minute, opts.tokens_per_minute) < 0:
         raise OptionsError("--max_retries and the per-minute budgets must be >= 0")
     if opts.request_timeout <= 0 or opts.stop_after_account_errors < 1:
@@ -292,6 +305,11 @@ def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfi
         max_concurrency=opts.max_concurrency,
         request_timeout=opts.request_timeout,
         requests_per_minute=worker_share(opts.requests_per_minute, workers),
+        rate_limit_service=opts.rate_limit_service or None,
+        rate_limit_domain=opts.rate_limit_domain,
+        rate_limit_descriptors=shared_limit.parse_descriptors(
+            opts.rate_limit_descriptors, opts.model
+        ),
         tokens_per_minute=worker_share(opts.tokens_per_minute, workers),
         stop_after_account_errors=opts.stop_after_account_errors,
         batch_size=opts.batch_size,

@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from schemas import rows as schema
-from transforms.core import images, ledger, models, prompts, structured, vision_api
+from transforms.core import image_sizes, images, ledger, models, prompts, structured, vision_api
 
 NAMESPACE = "vision_enrich"
 DESCRIPTIONS = "descriptions"
@@ -30,6 +31,11 @@ class DescribeConfig:
     max_concurrency: int = 8
     request_timeout: float = 60.0
     requests_per_minute: float = 0.0  # this worker process's share of the job's budget
+    # an Envoy rate-limit service holding the job-wide request budget (host:port), its domain
+    # and descriptors (see shared_limit); when set it replaces requests_per_minute's share
+    rate_limit_service: str | None = None
+    rate_limit_domain: str = "vision-enrich"
+    rate_limit_descriptors: tuple = ()
     tokens_per_minute: float = 0.0  # likewise, for tokens
     batch_size: int = 0  # rows per batch; 0: 4 x max_concurrency
     stop_after_account_errors: int = 3  # 401/402/403 answers before a worker stops sending
@@ -104,17 +110,59 @@ def sent_instructions(spec: models.ModelSpec, schema) -> str:
 def image_options(cfg: DescribeConfig, spec: models.ModelSpec) -> images.ImageOptions:
     """The job's image options within the model's limits (side, bytes, formats)."""
     formats = tuple(f for f, mime in images.SENDABLE.items() if mime in spec.image_mimes)
+    max_side = min(cfg.image.max_side, spec.max_image_side)
     return dataclasses.replace(
         cfg.image,
-        max_side=min(cfg.image.max_side, spec.max_image_side),
+        max_side=max_side,
+        # prepared at the size the model sees: the same tokens, no pixel it throws away
+        target_size=functools.partial(
+            models.sent_size, spec, detail=cfg.chat.detail, max_side=max_side
+        ),
         max_send_bytes=min(cfg.image.max_send_bytes, spec.max_image_bytes),
         send_formats=formats,
     )
 
 
-def scaled_size(width, height, max_side):
-    """The size an image is sent at: its longer side brought down to ``max_side``."""
+def scaled_size(width, height, max_side, spec: models.ModelSpec | None = None, detail="auto"):
+    """The size an image is sent at: within ``max_side``, and with ``spec`` at the size its
+    model sees (``models.sent_size``). (None, None) when the size is unknown."""
     if not width or not height:
         return None, None
-    scale = min(1.0, max_side / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale))
+    if spec is not None:
+        return models.sent_size(spec, width, height, detail, max_side)
+    return image_sizes.fit(width, height, max_side, max_side)
+
+
+class RefPacker:
+    """Planned references as the grouping shuffles carry them: a tuple of the row's id and
+    reference, its prompt and request key only when they differ from the job's own (a
+    ``--prompt_template`` row), and its riders as (id, reference) pairs.
+
+    A local run (Beam's FnApiRunner) holds every element of a shuffle as a decoded Python object
+    until the stage ends, and keeps the grouped output encoded until the job ends: a dict of five
+    strings costs about a kilobyte a row there, this tuple a fraction of it.
+    """
+
+    def __init__(self, cfg: DescribeConfig):
+        template, schema = question(cfg)
+        self._cfg = cfg
+        self._default = None if template else plan_ref({}, cfg, None, schema)
+
+    def pack(self, ref: dict[str, Any]) -> tuple:
+        prompt, key = ref["prompt"], ref["request_key"]
+        default = self._default
+        if default and prompt == default["prompt"] and key == default["request_key"]:
+            prompt = key = None
+        riders = ref.get("duplicates")
+        if riders is not None:
+            riders = tuple((r.get("image_id"), r.get("image_uri")) for r in riders)
+        return (ref.get("image_id"), ref.get("image_uri"), prompt, key, riders)
+
+    def unpack(self, packed: tuple) -> dict[str, Any]:
+        image_id, uri, prompt, key, riders = packed
+        if key is None:
+            prompt, key = self._default["prompt"], self._default["request_key"]
+        ref = {"image_id": image_id, "image_uri": uri, "prompt": prompt, "request_key": key}
+        if riders is not None:
+            ref["duplicates"] = [{"image_id": i, "image_uri": u} for i, u in riders]
+        return ref

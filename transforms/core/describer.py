@@ -33,6 +33,7 @@ from transforms.core.describe_config import (
     image_options,
     plan_ref,
 )
+from transforms.core.prepare_ahead import PrepareAhead, Staged
 from transforms.core.ratelimit import RateLimiter
 from transforms.core.request_builder import RequestBuilder
 from transforms.core.row_builders import (
@@ -47,6 +48,16 @@ from transforms.core.row_builders import (
 _LOGGER = logging.getLogger(__name__)
 
 ACCOUNT_STATUSES = frozenset({401, 402, 403})
+
+
+def request_limiter(cfg: DescribeConfig):
+    """The job's request budget as this process sees it: an Envoy rate-limit service shared by
+    every worker, or this process's even share of ``--requests_per_minute``, or none."""
+    if cfg.rate_limit_service:
+        from transforms.core.shared_limit import EnvoyLimit
+
+        return EnvoyLimit(cfg.rate_limit_service, cfg.rate_limit_domain, cfg.rate_limit_descriptors)
+    return RateLimiter(cfg.requests_per_minute) if cfg.requests_per_minute else None
 
 
 def is_account_error(result: vision_api.CallResult) -> bool:
@@ -104,7 +115,7 @@ class Worker:
             retry=cfg.retry,
             control=self.control,
             halted=lambda: self.stopped,
-            limiter=RateLimiter(cfg.requests_per_minute) if cfg.requests_per_minute else None,
+            limiter=request_limiter(cfg),
             token_budget=RateLimiter(cfg.tokens_per_minute) if cfg.tokens_per_minute else None,
             secrets=(key,) if key else (),
         )
@@ -118,6 +129,8 @@ class Worker:
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=2 * cfg.max_concurrency + 2, thread_name_prefix="vision-enrich"
         )
+        # images are prepared ahead of the slots, on threads of their own (``prepare_ahead``)
+        self.ahead = PrepareAhead(cfg.max_concurrency, self.executor)
         self.tally = Tally()
         self._breaker_lock = threading.Lock()
         self._account_errors = 0
@@ -130,6 +143,7 @@ class Worker:
 
     def close(self) -> None:
         self._stop.set()
+        self.ahead.close()
         self.executor.shutdown(wait=True)
         self.session.close()
         self.image_session.close()
@@ -172,7 +186,26 @@ class Worker:
             )
         _LOGGER.error("stopped sending requests: %s", self.stopped)
 
-    # -- one group of rows, on an executor thread ---------------------------------------------
+    # -- one group of rows: prepared on a preparer thread, sent on a request thread ----------
+    def submit(self, ref: dict[str, Any]) -> concurrent.futures.Future:
+        """Describe ``ref`` (and its duplicates) in two stages: read and prepared on the
+        preparer pool, ahead of the slots; sent on the request pool. The future's result is the
+        ``Outcome``; whatever the work raises is already failure rows in it."""
+        return self.ahead.submit(self._prepare_contained, self._send_contained, ref)
+
+    def _prepare_contained(self, ref: dict[str, Any]) -> Outcome | Staged:
+        out = Outcome()
+        try:
+            return self._prepare(ref, out)
+        except Exception as exc:
+            return self._internal(ref, out, exc)
+
+    def _send_contained(self, staged: Staged) -> Outcome:
+        try:
+            return self._send(staged)
+        except Exception as exc:
+            return self._internal(staged.ref, staged.out, exc)
+
     def describe_contained(self, ref: dict[str, Any]) -> Outcome:
         """``describe``, with every exception it lets through turned into failure rows for all of
         the group's rows (``internal``): one row's bug or exotic input never fails the bundle."""
@@ -180,49 +213,60 @@ class Worker:
         try:
             return self.describe(ref, out)
         except Exception as exc:
-            _LOGGER.exception("unexpected error at stage %s of one group of rows", out.stage)
-            try:
-                refs = [ref, *(ref.get("duplicates") or ())]
-            except Exception:
-                refs = [ref]
-            out.rows = [
-                (FAILURES, row)
-                for row in internal_failure_rows(
-                    refs, out.stage, exc, self.cfg, out.result.attempts
-                )
-            ]
-            return out
+            return self._internal(ref, out, exc)
+
+    def _internal(self, ref, out: Outcome, exc: Exception) -> Outcome:
+        _LOGGER.exception("unexpected error at stage %s of one group of rows", out.stage)
+        try:
+            refs = [ref, *(ref.get("duplicates") or ())]
+        except Exception:
+            refs = [ref]
+        out.rows = [
+            (FAILURES, row)
+            for row in internal_failure_rows(refs, out.stage, exc, self.cfg, out.result.attempts)
+        ]
+        return out
 
     def describe(self, ref: dict[str, Any], out: Outcome | None = None) -> Outcome:
         """The rows for ``ref`` and its ``duplicates`` (rows with the same reference and question,
         see ``PlanRequests``): at most one request is paid for all of them. ``out.stage`` follows
-        the work (read, decode, request, response), for ``describe_contained``."""
-        cfg = self.cfg
+        the work (read, decode, request, response), for ``describe_contained``. Both stages on
+        the calling thread (``submit`` runs them on their own pools)."""
         out = out if out is not None else Outcome()
+        staged = self._prepare(ref, out)
+        if isinstance(staged, Outcome):
+            return staged
+        return self._send(staged)
+
+    def _fail(self, out: Outcome, refs, stage, error, error_type, status=None) -> Outcome:
+        out.rows = [
+            (FAILURES, failure_row(r, stage, error, error_type, status, None, 0, self.cfg))
+            for r in refs
+        ]
+        return out
+
+    def _prepare(self, ref: dict[str, Any], out: Outcome) -> Outcome | Staged:
+        """Read and prepare the image and build its request: a ``Staged`` request ready for a
+        slot, or the finished ``out`` (the group's failure rows)."""
+        cfg = self.cfg
         out.stage = "read"
         refs = [ref, *(ref.get("duplicates") or ())]
-
-        def fail(stage, error, error_type, status=None, request_id=None, attempts=0):
-            out.rows = [
-                (
-                    FAILURES,
-                    failure_row(r, stage, error, error_type, status, request_id, attempts, cfg),
-                )
-                for r in refs
-            ]
-            return out
-
         if "request_key" not in ref:  # used without PlanRequests
             try:
                 ref = plan_ref(ref, cfg, self.template, self.schema)
             except prompts.PromptError as exc:
-                return fail("read", str(exc), exc.error_type)
+                return self._fail(out, refs, "read", str(exc), exc.error_type)
         if self.stopped:
-            return fail("request", self.stopped, "account_stopped")
+            return self._fail(out, refs, "request", self.stopped, "account_stopped")
         try:
             prepared = self.loader.prepare(ref.get("image_uri"))
         except images.ImageError as exc:
-            return fail(exc.stage, exc.message, exc.error_type, exc.http_status)
+            return self._fail(out, refs, exc.stage, exc.message, exc.error_type, exc.http_status)
+        request = self.asker.prepare(prepared, ref["prompt"], self.loader.options.max_side)
+        return Staged(ref, refs, prepared, request, out, len(prepared.url))
+
+    def _send(self, staged: Staged) -> Outcome:
+        ref, refs, prepared, out = staged.ref, staged.refs, staged.prepared, staged.out
         out.stage = "request"
         # identical bytes asked the same question: one request for the process
         key = f"{prepared.sha256}:{ref['request_key']}" if prepared.sha256 else None
@@ -236,7 +280,7 @@ class Worker:
                 out.reused = not again
                 return self._rows(out, answer, refs, billed=again and answer[0] == "ok")
         try:
-            answer = self._ask(ref, prepared, out)
+            answer = self._ask(ref, prepared, out, staged.request)
         except BaseException:
             if key is not None:
                 self.shared.abandon(key, entry)
@@ -245,18 +289,20 @@ class Worker:
             self.shared.publish(key, entry, (*answer, ref.get("image_id") if out.sent else None))
         return self._rows(out, answer, refs, billed=out.sent)
 
-    def _ask(self, ref, prepared: images.PreparedImage, out: Outcome) -> tuple[str, Any]:
+    def _ask(
+        self, ref, prepared: images.PreparedImage, out: Outcome, request=None
+    ) -> tuple[str, Any]:
         """Send one request (and one more if a structured answer does not validate).
         ``('ok', answer columns)`` or ``('fail', failure_row arguments)``."""
         cfg, spec = self.cfg, self.spec
-        estimate, bound, estimated_cost = self.asker.estimate(
-            prepared, ref["prompt"], self.loader.options.max_side
-        )
+        if request is None:
+            request = self.asker.prepare(prepared, ref["prompt"], self.loader.options.max_side)
+        estimate, bound, estimated_cost = request.estimate, request.bound, request.estimated_cost
         if not self.budget.reserve(estimated_cost):
             return "fail", ("request", self.budget.reason(), "budget_reached", None, None, 0)
         out.sent = True
         out.estimated_prompt_tokens, out.estimated_cost = estimate, estimated_cost
-        body = self.asker.body(prepared, ref["prompt"])
+        body = request.body
         try:
             for attempt in (1, 2):
                 try:
