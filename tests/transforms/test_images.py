@@ -20,15 +20,7 @@ def decoded(prepared):
     return header, Image.open(io.BytesIO(base64.b64decode(payload)))
 
 
-@pytest.fixture
-def loader():
-    return ImageLoader(ImageOptions(max_side=256))
-
-
-def write(tmp_path, name, data):
-    path = tmp_path / name
-    path.write_bytes(data)
-    return str(path)
+from tests.transforms.conftest import write  # noqa: E402 (shared with the hostile catalogue)
 
 
 def test_png_within_limits_is_sent_byte_for_byte(tmp_path, loader):

@@ -17,19 +17,9 @@ import pytest
 from PIL import Image
 
 from tests.support import images as timg
+from tests.transforms.conftest import write
 from transforms.core import decode_budget
 from transforms.core.images import ImageError, ImageLoader, ImageOptions
-
-
-@pytest.fixture
-def loader():
-    return ImageLoader(ImageOptions(max_side=256))
-
-
-def write(tmp_path, name, data):
-    path = tmp_path / name
-    path.write_bytes(data)
-    return str(path)
 
 
 def failure(loader, ref):
