@@ -111,6 +111,28 @@ def cpu_seconds(pid: int | None = None) -> float:
 
 
 # -- inputs --------------------------------------------------------------------------------------
+def peak_rss(code: str, what: str) -> tuple[float, float]:
+    """Run ``python -c code`` in the project folder; its peak RSS in MiB and its seconds. The
+    peak of VmRSS is sampled every 20 ms from outside the child: its own ru_maxrss can start
+    from the parent's figure after fork."""
+    start = time.monotonic()
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    peak_kb = 0
+    while child.poll() is None:
+        try:
+            for line in Path(f"/proc/{child.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    peak_kb = max(peak_kb, int(line.split()[1]))
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.02)
+    if child.wait() != 0:
+        raise RuntimeError(f"{what} failed")
+    return peak_kb / 1024, time.monotonic() - start
+
+
 def make_images(folder: Path, n: int) -> str:
     from PIL import Image
 
@@ -371,28 +393,8 @@ def memory(counts: tuple[int, ...]) -> list[dict]:
                     "'--skip_preflight', "
                     "'--max_concurrency', '16'])"
                 )
-                start = time.monotonic()
-                # the peak of VmRSS sampled every 20 ms from outside the child: its own
-                # ru_maxrss can start from the parent's figure after fork
-                child = subprocess.Popen(
-                    [sys.executable, "-c", code],
-                    cwd=ROOT,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                peak_kb = 0
-                while child.poll() is None:
-                    try:
-                        for line in Path(f"/proc/{child.pid}/status").read_text().splitlines():
-                            if line.startswith("VmRSS:"):
-                                peak_kb = max(peak_kb, int(line.split()[1]))
-                    except (FileNotFoundError, ProcessLookupError):
-                        break
-                    time.sleep(0.02)
-                if child.wait() != 0:
-                    raise RuntimeError(f"memory run over {n} images failed")
-                elapsed = time.monotonic() - start
-                rows.append({"images": n, "max_rss_mib": peak_kb / 1024, "seconds": elapsed})
+                peak, elapsed = peak_rss(code, f"memory run over {n} images")
+                rows.append({"images": n, "max_rss_mib": peak, "seconds": elapsed})
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         endpoint.close()

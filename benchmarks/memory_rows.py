@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from benchmarks import compare
 from benchmarks.compare import Endpoint, make_images
 
 CACHE = Path("/tmp/vision-enrich-memory-rows")
@@ -59,22 +57,7 @@ def peak_rss(source: Path, out: Path, base: str, flags: list[str]) -> tuple[floa
         "os.environ['BENCH_KEY'] = 'k'; "
         f"from pipelines import describe_images as j; j.run({argv!r})"
     )
-    start = time.monotonic()
-    child = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    peak_kb = 0
-    while child.poll() is None:
-        try:
-            for line in Path(f"/proc/{child.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    peak_kb = max(peak_kb, int(line.split()[1]))
-        except (FileNotFoundError, ProcessLookupError):
-            break
-        time.sleep(0.02)
-    if child.wait() != 0:
-        raise RuntimeError(f"the run over {source} failed")
-    return peak_kb / 1024, time.monotonic() - start
+    return compare.peak_rss(code, f"the run over {source}")
 
 
 def main(argv=None) -> None:
