@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import random
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import describe_images as job
+from benchmarks.throughput import run_job
 from tests.support.fake_api import FaultPlan, RecordingApi
 
 CACHE = Path(tempfile.gettempdir()) / "ve-bench-web-images"
@@ -56,14 +54,6 @@ def web_images(n: int) -> str:
     source = CACHE / f"input-{n}.parquet"
     pq.write_table(pa.table({"image_id": [f"r{i}" for i in range(n)], "image_uri": uris}), source)
     return str(source)
-
-
-def run_job(source: str, out: str, api: RecordingApi, *flags: str) -> float:
-    os.environ["BENCH_KEY"] = "sk-bench-backpressure"
-    start = time.monotonic()
-    argv = ["--input", source, "--output", out, "--api_base", api.base_url]
-    job.run([*argv, "--api_key_env", "BENCH_KEY", "--skip_preflight", *flags])
-    return time.monotonic() - start
 
 
 def count_rows(out: str) -> int:

@@ -53,13 +53,19 @@ PLOT = ROOT / "benchmarks" / "throughput.png"
 
 # -- the endpoint, in its own process ------------------------------------------------------------
 class Endpoint:
-    def __init__(self, latency: float):
+    """An endpoint in a process of its own (so its CPU is not the job's): the project's local
+    endpoint answering a fixed completion, or ``command(port)`` — a server that answers
+    ``GET /stats`` and ``POST .../reset`` the same way."""
+
+    def __init__(self, latency: float, command=None):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.base = f"http://127.0.0.1:{self.port}/v1"
         self.proc = subprocess.Popen(
-            [
+            command(self.port)
+            if command
+            else [
                 sys.executable,
                 "-m",
                 "transforms.core.local_endpoint",

@@ -31,14 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from benchmarks import compare
 
 CACHE = Path("/tmp/vision-enrich-real-photos")
 ROOT = Path.cwd()
@@ -188,36 +187,11 @@ s.serve_forever()
 """
 
 
-class Endpoint:
-    def __init__(self, latency: float):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.base = f"http://127.0.0.1:{self.port}/v1"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", SERVER, str(self.port), str(latency)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(100):
-            try:
-                self.stats()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("endpoint did not start")
-
-    def stats(self) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=2) as r:
-            return json.load(r)
-
-    def reset(self) -> None:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/reset", data=b"{}")
-        urllib.request.urlopen(req, timeout=2).close()
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(5)
+def Endpoint(latency: float) -> compare.Endpoint:
+    """The byte-counting endpoint above, in a process of its own."""
+    return compare.Endpoint(
+        latency, lambda port: [sys.executable, "-c", SERVER, str(port), str(latency)]
+    )
 
 
 def cpu_seconds() -> float:

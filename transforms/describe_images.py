@@ -44,6 +44,7 @@ from transforms.core.row_builders import (  # noqa: F401
     answer_columns,
     description_row,
     failure_row,
+    group_refs,
     internal_failure_rows,
 )
 
@@ -170,7 +171,7 @@ class DescribeImagesFn(beam.DoFn):
             future.add_done_callback(done.put)
         tally = self._worker.tally
         with tally.lock:
-            tally.submitted += sum(1 + _riders(ref) for ref in batch)
+            tally.submitted += sum(len(group_refs(ref)) for ref in batch)
         yield from self._drain(self._keep)
 
     def finish_bundle(self):
@@ -207,8 +208,7 @@ class DescribeImagesFn(beam.DoFn):
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 raise
-            refs = [ref, *(ref.get("duplicates") or ())] if isinstance(ref, dict) else [ref]
-            rows = internal_failure_rows(refs, "request", exc, self._cfg)
+            rows = internal_failure_rows(group_refs(ref), "request", exc, self._cfg)
             return Outcome(rows=[(FAILURES, row) for row in rows])
 
     def _emit(self, outcome: Outcome, window, timestamp):
@@ -279,13 +279,6 @@ class DescribeImagesFn(beam.DoFn):
             tally.failed += len(outcome.rows) - described
         if result.attempts and outcome.sent:
             self._latency.update(int(result.latency_ms))
-
-
-def _riders(ref) -> int:
-    try:
-        return len(ref.get("duplicates") or ())
-    except Exception:
-        return 0
 
 
 class DescribeImages(beam.PTransform):

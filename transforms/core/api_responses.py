@@ -90,23 +90,13 @@ def is_retryable_status(status: int) -> bool:
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` without the process's registered secrets nor ``secrets``, whole or as a
     fragment at either end."""
-    text = sanitize.redact(text)
-    extra = tuple(s for s in secrets if s)
-    return sanitize.redact(text, extra) if extra else text
+    return sanitize.redact(text, extra=secrets)
 
 
 def clean(value: Any, limit: int | None = MAX_FIELD, secrets: Iterable[str] = ()) -> str | None:
-    """A safe string from outside: valid UTF-8, redacted over the whole value *before* the cut,
-    at most ``limit`` characters (the cut is marked, and a key's head left at the cut edge is
-    redacted too). None stays None."""
-    if value is None:
-        return None
-    secrets = tuple(secrets)
-    text = redact(sanitize.valid_text(value if isinstance(value, str) else str(value)), secrets)
-    if limit is not None and len(text) > limit:
-        more = len(text) - limit
-        text = redact(text[:limit], secrets) + f"… [{more:,} more characters]"
-    return text
+    """A safe string from outside (``sanitize.text``, with this client's ``secrets`` too):
+    valid UTF-8, redacted over the whole value before the cut, at most ``limit`` characters."""
+    return sanitize.text(value, limit, extra=secrets)
 
 
 def _string(value: Any, limit: int, secrets: Iterable[str]) -> str | None:

@@ -37,7 +37,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 from transforms.core import (
     images,
@@ -75,6 +74,7 @@ from transforms.core.row_builders import (
     answer_columns,
     description_row,
     failure_row,
+    group_refs,
     internal_failure_rows,
 )
 
@@ -241,7 +241,7 @@ class BatchShard:
                 yield (ref0, *future.result())
 
     def _load(self, ref: dict):
-        refs = _refs_of(ref)
+        refs = group_refs(ref)
         try:
             if "request_key" not in ref:
                 template, schema = self.asker.template, self.asker.schema
@@ -269,7 +269,7 @@ class BatchShard:
         ]
 
     def _plan(self, ref, prepared, groups, known, mine, records, writer):
-        refs = _refs_of(ref)
+        refs = group_refs(ref)
         cid = custom_id(ref["request_key"], prepared.sha256 or str(ref.get("image_uri")))
         group = groups.get(cid)
         if group is not None:  # the same question about the same bytes: ride along
@@ -493,13 +493,6 @@ class BatchShard:
 
 def _keyed(ref: dict, group: _Group) -> dict:
     return ref if "request_key" in ref else {**ref, "request_key": group.refs[0]["request_key"]}
-
-
-def _refs_of(ref: Any) -> list:
-    try:
-        return [ref, *(ref.get("duplicates") or ())]
-    except Exception:
-        return [ref]
 
 
 def _log_progress(record: BatchRecord) -> None:

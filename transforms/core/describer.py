@@ -41,6 +41,7 @@ from transforms.core.row_builders import (
     answer_columns,
     description_row,
     failure_row,
+    group_refs,
     internal_error,
     internal_failure_rows,
 )
@@ -217,10 +218,7 @@ class Worker:
 
     def _internal(self, ref, out: Outcome, exc: Exception) -> Outcome:
         _LOGGER.exception("unexpected error at stage %s of one group of rows", out.stage)
-        try:
-            refs = [ref, *(ref.get("duplicates") or ())]
-        except Exception:
-            refs = [ref]
+        refs = group_refs(ref)
         out.rows = [
             (FAILURES, row)
             for row in internal_failure_rows(refs, out.stage, exc, self.cfg, out.result.attempts)
@@ -250,7 +248,7 @@ class Worker:
         slot, or the finished ``out`` (the group's failure rows)."""
         cfg = self.cfg
         out.stage = "read"
-        refs = [ref, *(ref.get("duplicates") or ())]
+        refs = group_refs(ref)
         if "request_key" not in ref:  # used without PlanRequests
             try:
                 ref = plan_ref(ref, cfg, self.template, self.schema)

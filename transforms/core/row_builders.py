@@ -102,6 +102,15 @@ def failure_row(
     return row
 
 
+def group_refs(ref: Any) -> list:
+    """The rows a planned reference stands for: itself and its ``duplicates`` (riders from
+    ``PlanRequests`` / ``GroupByContent``). Cannot fail: a malformed ref is one row."""
+    try:
+        return [ref, *(ref.get("duplicates") or ())]
+    except Exception:
+        return [ref]
+
+
 def internal_error(stage: str, exc: BaseException) -> str:
     """The message of an unexpected exception while handling a row: named, never a traceback
     (the log has that), and made safe like any other text."""

@@ -66,12 +66,14 @@ def valid_text(text: str) -> str:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def redact(text: str, secrets: Iterable[str] | None = None) -> str:
+def redact(text: str, secrets: Iterable[str] | None = None, extra: Iterable[str] = ()) -> str:
     """``text`` without any secret: whole, as a run of ``MIN_RUN`` or more of its characters
     anywhere (a key cut short, then quoted inside a longer message), or as a shorter fragment of
-    at least ``MIN_FRAGMENT`` at either end (a cut edge)."""
+    at least ``MIN_FRAGMENT`` at either end (a cut edge). ``secrets``: these instead of the
+    registered ones; ``extra``: these besides them (a client's own key)."""
     secrets = _SECRETS if secrets is None else tuple(secrets)
-    for secret in secrets:
+    extra = tuple(s for s in extra if s and s not in secrets)
+    for secret in secrets + extra:
         if secret in text:
             text = text.replace(secret, REDACTED)
         text = _redact_runs(text, secret)
@@ -117,17 +119,19 @@ def _redact_runs(text: str, secret: str) -> str:
     return "".join(out)
 
 
-def text(value: Any, limit: int | None = MAX_TEXT) -> str | None:
-    """A safe string: valid UTF-8, redacted (before the cut), at most ``limit`` characters
-    (an ellipsis and the cut count at the end say it was cut). None stays None."""
+def text(value: Any, limit: int | None = MAX_TEXT, extra: Iterable[str] = ()) -> str | None:
+    """A safe string: valid UTF-8, redacted (before the cut; ``extra`` secrets too), at most
+    ``limit`` characters (an ellipsis and the cut count at the end say it was cut). None stays
+    None."""
     if value is None:
         return None
     if not isinstance(value, str):
         value = str(value)
-    value = redact(valid_text(value))
+    extra = tuple(extra)
+    value = redact(valid_text(value), extra=extra)
     if limit is not None and len(value) > limit:
         cut = len(value) - limit
-        value = redact(value[:limit]) + f"… [{cut:,} more characters]"
+        value = redact(value[:limit], extra=extra) + f"… [{cut:,} more characters]"
     return value
 
 
