@@ -32,6 +32,9 @@ setuptools.setup(
             "duckdb==1.5.5",
             "duckdb-extension-spatial==1.5.5",
             "ruff>=0.6",
+            # decoders of the br and zstd codings real APIs answer in (gzip/deflate need none)
+            "brotli>=1.2",
+            "zstandard>=0.22",
         ],
         "bench": ["matplotlib>=3.7"],
     },

@@ -44,7 +44,8 @@ def format_batch_summary(totals: dict[str, float], opts: DescribeImagesOptions) 
     pending = int(totals.get("batch_rows_pending", 0))
     if pending:
         lines.append(
-            f"  PENDING     {pending} rows wait on batches that have not ended; run the same "
+            f"  PENDING     {pending} rows wait on batches that have not ended (manifest "
+            f"{opts.batch_state}); they are neither described nor failed yet: run the same "
             "command again to collect them (nothing is submitted twice)"
         )
     return "\n".join(lines)

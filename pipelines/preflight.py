@@ -5,8 +5,9 @@
   emulator);
 - the model answers: one tiny request (an 8x8 image, ``max_tokens`` 1) through the job's own
   client, so a refused key, an unknown model or an unreachable ``--api_base`` stops the job at
-  launch instead of failing every row on the workers. It costs one request; ``--skip_preflight``
-  turns it off.
+  launch instead of failing every row on the workers; so does a TLS failure (unknown CA, wrong
+  host name, expired certificate) or a proxy's refusal, in one line naming the host and cause.
+  It costs one request; ``--skip_preflight`` turns it off.
 (The input is checked by ``describe_images.validate``: it must be listable Parquet with the
 named columns.)
 """
@@ -87,6 +88,8 @@ def check_model_answers(
         session.close()
     if result.ok:
         return
+    if result.error_type in ("tls", "proxy"):  # the message names the host, cause and fix
+        raise PreflightError(f"cannot reach the API: {result.error}")
     fix = {
         401: f"the key was refused: check {api_key_secret or api_key_env}",
         403: "the key may not use this model, or its quota is exhausted",

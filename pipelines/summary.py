@@ -57,7 +57,7 @@ def format_summary(totals: dict[str, float], opts: DescribeImagesOptions) -> str
         f"{int(totals.get('completion_tokens', 0))} completion, from the usage blocks",
         f"  cost        ${totals.get('cost_microdollars', 0) / 1e6:.4f} at {_price_source(opts)} "
         f"(estimated ${totals.get('estimated_cost_microdollars', 0) / 1e6:.4f} before sending, "
-        "completion at --max_tokens)",
+        "completion at --max_tokens)" + _unread(totals),
         f"  elapsed     {elapsed:.1f} s",
         f"  throttled   {int(totals.get('cumulativeThrottlingSeconds', 0))} s waiting on the "
         "rate budget or the provider's 429s",
@@ -88,9 +88,27 @@ def format_summary(totals: dict[str, float], opts: DescribeImagesOptions) -> str
     return "\n".join(lines)
 
 
+def _unread(totals: dict[str, float]) -> str:
+    """Answers with HTTP 200 that could not be read: billed, but with no usage block to count."""
+    n = int(totals.get("paid_unreadable_answers", 0))
+    if not n:
+        return ""
+    return (
+        f" + ~${totals.get('unread_cost_microdollars', 0) / 1e6:.4f} for {n} answers paid but "
+        "unreadable (HTTP 200 with a body that could not be read, decoded or parsed; priced at "
+        "the estimate)"
+    )
+
+
 def every_row_failed(totals: dict[str, float]) -> bool:
-    """Rows were read and every one of them failed: the run did nothing it was asked to."""
-    return totals.get("images_failed", 0) > 0 and totals.get("images_described", 0) == 0
+    """Rows were read and every one of them failed: the run did nothing it was asked to. Rows
+    waiting in submitted batches are neither described nor failed: a run that submitted them
+    did its work (a scheduler's submit step must succeed)."""
+    return (
+        totals.get("images_failed", 0) > 0
+        and totals.get("images_described", 0) == 0
+        and totals.get("batch_rows_pending", 0) == 0
+    )
 
 
 def _price_source(opts: DescribeImagesOptions) -> str:

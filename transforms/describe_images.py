@@ -93,24 +93,32 @@ class DescribeImagesFn(beam.DoFn):
     - ``read``: the reference is null/blank, has an unsupported scheme, or its bytes cannot be
       fetched (missing file or object, permission, HTTP error). Not retried: the data is wrong.
     - ``decode``: the bytes are empty, not an image, truncated, or too large (pixels or bytes).
-    - ``request``: the API answered a final error (4xx other than 408/409/429, a redirect), or a
-      retryable one (408, 409, 429, 5xx, reset, timeout) persisted through ``max_retries``
-      retries. Retries are per request with exponential back-off and jitter, honouring
-      Retry-After / retry-after-ms; a failing request never retries its batch-mates.
-    - ``response``: a 200 whose body stayed invalid JSON through the retries, or held no answer;
-      or (``invalid_answer``) a structured answer / Llama Guard verdict that did not validate
+    - ``request``: the API answered a final error (4xx other than 408/409/429, a redirect; a
+      front server's 413 says to lower ``--max_image_side``; HTML error pages become one line
+      naming the status and who sent it), or a retryable one (408, 409, 429, 5xx, a CDN's 52x,
+      reset, timeout) persisted through ``max_retries`` retries. Retries are per request with
+      exponential back-off and jitter, honouring Retry-After / retry-after-ms; a failing request
+      never retries its batch-mates. ``tls`` (the API's certificate: unknown CA, wrong host
+      name, expired) and ``proxy`` (refused or broken tunnel) are not retried.
+    - ``response``: a 200 is paid for, so a 200 whose body could not be read whole, decoded
+      (``bad_encoding``) or parsed (``bad_json``) is sent again at most once, never
+      ``max_retries`` times; each such answer counts in ``attempts`` and in the summary's cost
+      line (priced at the estimate: it has no usage block). A 200 that held no answer is final.
+      ``invalid_answer``: a structured answer / Llama Guard verdict that did not validate
       twice: the request is sent once more after the first invalid answer, then given up on.
     - ``request`` / ``budget_reached``: ``max_images`` or ``max_cost`` would be crossed; the row
       is "not sent: budget reached". A request reserves its estimated cost before it is sent.
     - ``request`` / ``account_stopped``: after ``stop_after_account_errors`` answers of 401, 402
-      or 403 the worker sends nothing more; its remaining rows fail as "not sent".
+      or 403 (or ``tls`` / ``proxy`` failures) the worker sends nothing more; its remaining rows
+      fail as "not sent".
     - ``internal``: anything unexpected while preparing, sending, parsing or emitting a row (a
       bug, an input nothing foresaw, a row that does not fit its columns) is that row's failure
       row, with the exception named and the stage it reached (``emit`` when the finished row
       itself was wrong); the rest of the bundle goes on. Every row leaves through
       ``row_builders``, where its values are made safe (UTF-8, INT64, caps, the key redacted).
-    Back-pressure: a 429 halves the worker's concurrency (AIMD) and, with Retry-After, holds
-    every thread of the process until then; waits count in ``cumulativeThrottlingSeconds``.
+    Back-pressure (``backpressure.Controller``): each 429 waits its own Retry-After; the
+    controller tells an account's limit (pace the process just under it) from a provider's noise
+    (keep the pipe full); waits on a limit count in ``cumulativeThrottlingSeconds``.
     The error column says what to fix; the key never appears in it.
     """
 
@@ -136,6 +144,8 @@ class DescribeImagesFn(beam.DoFn):
         self._estimated_tokens = Metrics.counter(ns, "estimated_prompt_tokens")
         self._cost = Metrics.counter(ns, "cost_microdollars")
         self._estimated_cost = Metrics.counter(ns, "estimated_cost_microdollars")
+        self._paid_unread = Metrics.counter(ns, "paid_unreadable_answers")
+        self._unread_cost = Metrics.counter(ns, "unread_cost_microdollars")
 
     @property
     def _keep(self) -> int:
@@ -267,6 +277,9 @@ class DescribeImagesFn(beam.DoFn):
             self._estimated_tokens.inc(outcome.estimated_prompt_tokens)
             self._cost.inc(round(outcome.cost * 1e6))
             self._estimated_cost.inc(round(outcome.estimated_cost * 1e6))
+        if result.paid_unread:
+            self._paid_unread.inc(result.paid_unread)
+            self._unread_cost.inc(round(outcome.unread_cost * 1e6))
         if outcome.reused:
             self._reused.inc(len(outcome.rows))
         described = sum(1 for tag, _ in outcome.rows if tag == DESCRIPTIONS)

@@ -184,3 +184,36 @@ def test_token_budget_is_held(tmp_path, run_job):
     per_request = used / len(rows)
     # tokens used by all but the last request, over the time they were spread across
     assert (used - per_request) / span <= 500 * 1.05
+
+
+def test_a_200_that_cannot_be_read_is_paid_once_and_in_the_cost_line(tmp_path, run_job, capsys):
+    """Broken 200s were billed: each row is sent again at most once after one (never
+    --max_retries times), its attempts say so, and the summary's cost line counts them."""
+    source, digests = write_input(tmp_path, 6)
+    # three broken 200s, taken by whichever requests arrive first (a row may take two: it then
+    # fails, after two paid attempts)
+    plan = FaultPlan(script=["broken_json"] * 3)
+    out = str(tmp_path / "out")
+    with RecordingApi(plan=plan) as api:
+        result = run_job(api, source, out, "--max_retries", 6, "--retry_backoff", 0.01)
+    described = read_output(out, "descriptions").to_pylist()
+    failed = read_output(out, "failures").to_pylist() if len(described) < 6 else []
+    assert sorted(r["image_id"] for r in described + failed) == sorted(digests)
+    assert all(r["error_type"] == "bad_json" and r["attempts"] == 2 for r in failed)
+    assert all(r["attempts"] <= 2 for r in described)
+    assert sum(r["attempts"] for r in described + failed) == 9
+    totals = counters(result)
+    assert totals["paid_unreadable_answers"] == 3 and totals["requests"] == 9
+    printed = capsys.readouterr().out
+    assert "for 3 answers paid but unreadable" in printed
+
+
+def test_two_unreadable_200s_fail_the_row_without_more_sends(tmp_path, run_job, capsys):
+    source, digests = write_input(tmp_path, 1)
+    plan = FaultPlan(script=["broken_json"] * 10)
+    out = str(tmp_path / "out")
+    with RecordingApi(plan=plan) as api:
+        result = run_job(api, source, out, "--max_retries", 6)
+    (row,) = read_output(out, "failures").to_pylist()
+    assert row["error_type"] == "bad_json" and row["attempts"] == 2
+    assert counters(result)["requests"] == 2 and api.endpoint.requests == 2

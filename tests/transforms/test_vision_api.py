@@ -266,7 +266,7 @@ def test_success_carries_bearer_key_and_usage():
 
 @pytest.mark.parametrize(
     "kind",
-    ["500", "502", "503", "aiml_503", "reset", "broken_json", "slow", "429_bare", "408", "409"],
+    ["500", "502", "503", "aiml_503", "reset", "slow", "429_bare", "408", "409"],
 )
 def test_transient_fault_is_retried_then_succeeds(kind):
     with RecordingApi(FaultPlan(script=[kind, kind], slow_delay=1.5)) as api:
@@ -334,12 +334,21 @@ def test_retries_exhausted_says_what_to_do():
     assert "gave up after 3 attempts" in result.error and "--max_retries" in result.error
 
 
-def test_broken_json_exhausted_is_a_response_failure():
-    with RecordingApi(FaultPlan(script=["broken_json"] * 3)) as api:
-        result = _client(api, retry=v.RetryPolicy(max_retries=2, backoff_base=0.01)).complete(
+def test_a_broken_200_is_paid_for_and_sent_again_once():
+    with RecordingApi(FaultPlan(script=["broken_json"])) as api:
+        result = _client(api).complete(_body())
+    assert result.ok and result.attempts == 2 and result.paid_unread == 1
+
+
+def test_two_broken_200s_end_the_row_whatever_max_retries_says():
+    with RecordingApi(FaultPlan(script=["broken_json"] * 5)) as api:
+        result = _client(api, retry=v.RetryPolicy(max_retries=5, backoff_base=0.01)).complete(
             _body()
         )
     assert result.stage == "response" and result.error_type == "bad_json"
+    assert result.attempts == 2 and result.paid_unread == 2  # never max_retries + 1 = 6
+    assert "billed" in result.error and "not sent again" in result.error
+    assert api.endpoint.requests == 2
 
 
 def test_redirect_is_not_followed():

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import html
 import json
 import math
+import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -64,7 +66,7 @@ _HINTS = {
     402: "the account has no credit left",
     403: "the key may not use this model or its quota is exhausted",
     404: "not found; check --api_base and --model",
-    413: "request too large; lower --max_image_side",
+    413: "request too large for the server in front of the API; lower --max_image_side",
     415: "unsupported media type",
     422: "the API could not process the request; check --model and the image",
 }
@@ -280,6 +282,38 @@ def parse_retry_after(
     return None
 
 
+def retry_after_of(
+    headers: Mapping[str, str], payload: Any, cap: float = MAX_RETRY_AFTER
+) -> float | None:
+    """``parse_retry_after``, else the ``retryDelay`` of a ``google.rpc.RetryInfo`` in the error
+    body — how Gemini says when to come back, natively (``{"error": {"details": [...]}}``) and on
+    its OpenAI-compatible endpoint (the same object inside a list): ``"37s"``, ``"0.5s"`` or
+    ``{"seconds": 37, "nanos": 0}``. The same bounds as a header's; None without either."""
+    header = parse_retry_after(headers, cap=cap)
+    if header is not None:
+        return header
+    for item in (payload if isinstance(payload, list) else [payload])[:4]:
+        err = item.get("error") if isinstance(item, dict) else None
+        details = err.get("details") if isinstance(err, dict) else None
+        for detail in details[:20] if isinstance(details, list) else ():
+            if not isinstance(detail, dict) or not str(detail.get("@type", "")).endswith(
+                "google.rpc.RetryInfo"
+            ):
+                continue
+            delay = detail.get("retryDelay")
+            if isinstance(delay, dict):
+                seconds, nanos = delay.get("seconds", 0), delay.get("nanos", 0)
+                if not all(isinstance(v, (int, float, str)) for v in (seconds, nanos)):
+                    return None
+                total = _seconds(seconds, 1.0, cap)
+                extra = _seconds(nanos, 1e9, cap)
+                return None if total is None or extra is None else min(cap, total + extra)
+            if isinstance(delay, str) and delay.strip().endswith("s"):
+                return _seconds(delay.strip()[:-1][:40], 1.0, cap)
+            return None
+    return None
+
+
 def _seconds(value: Any, per_second: float, cap: float) -> float | None:
     if value is None:
         return None
@@ -339,6 +373,36 @@ def gateway_refused_key(status: int, message: str | None, code: str | None) -> b
     return any(words in lowered for words in _GATEWAY_KEY_WORDS)
 
 
+_TAG = re.compile(r"<[^>]*>")
+_TITLE = re.compile(r"<(title|h1)[^>]*>(.*?)</\1\s*>", re.IGNORECASE | re.DOTALL)
+_CDN_HEADERS = (("cf-ray", "Cloudflare"), ("x-amz-cf-id", "CloudFront"), ("x-served-by", "Fastly"))
+
+
+def sender(headers: Mapping[str, str]) -> str | None:
+    """Who sent an answer, as its headers say: the ``Server`` header, else a CDN's marker."""
+    server = headers.get("server") if headers else None
+    if server:
+        return sanitize.text("".join(c for c in str(server) if c.isprintable()), 60)
+    for header, name in _CDN_HEADERS:
+        if headers and headers.get(header):
+            return name
+    return None
+
+
+def html_page_summary(text: str, headers: Mapping[str, str]) -> str | None:
+    """An HTML error page (nginx's 413/502/504, a CDN's 52x, a proxy's) as one short line naming
+    its title and who sent it, instead of markup in the error column; None for other text."""
+    ctype = (headers.get("content-type") or "").lower() if headers else ""
+    head = text[:200].lstrip().lower()
+    if "html" not in ctype and not head.startswith(("<!doctype html", "<html", "<head", "<body")):
+        return None
+    found = _TITLE.search(text)
+    title = _TAG.sub(" ", found.group(2)) if found else ""
+    title = " ".join(html.unescape(title).split())[:120] or "no title"
+    who = sender(headers)
+    return f"an HTML error page ({title!r}{', from ' + who if who else ''})"
+
+
 def http_error(
     status: int,
     host: str,
@@ -358,7 +422,8 @@ def http_error(
         message, code, body_id = parse_error_body(payload, secrets)
     except ValueError:
         text = content[:MAX_ERROR_SCAN].decode("utf-8", "replace").strip()
-        message = clean(text, MAX_QUOTE, secrets) or "(empty body)"
+        page = html_page_summary(text, headers)
+        message = clean(page if page is not None else text, MAX_QUOTE, secrets) or "(empty body)"
         code = body_id = None
     retryable = is_retryable_status(status)
     text = f"HTTP {status} from {host}: {message}"
@@ -374,5 +439,5 @@ def http_error(
         error_type="unauthorized" if key_refused else error_type,
         request_id=header_request_id(headers, secrets) or body_id,
         retryable=retryable,
-        retry_after=parse_retry_after(headers, cap=max_retry_after),
+        retry_after=retry_after_of(headers, payload, cap=max_retry_after),
     )

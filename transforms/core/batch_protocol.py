@@ -145,6 +145,8 @@ class BatchHttp:
     at ``UPLOAD_BYTES_PER_SECOND``) bounding connect, headers and body. Retried: 408, 409, 429,
     5xx, connection errors and timeouts, with exponential back-off and full jitter, never sooner
     than the server's Retry-After; at most ``max_retries`` retries. Anything else is final.
+    Bodies are decoded by their ``Content-Encoding`` (``deadline.read_body``); a 2xx whose body
+    cannot be decoded is final (``bad_encoding``, with its status: the call did take effect).
     """
 
     def __init__(
@@ -210,6 +212,19 @@ class BatchHttp:
                 raise BatchHttpError(
                     f"{method} {host}: answer over {self.max_body:,} bytes", None, "too_large"
                 ) from None
+            except deadline.DecodeError as exc:
+                if 200 <= status < 300:
+                    raise BatchHttpError(
+                        f"{method} {host}: answered {status} with a body that cannot be decoded "
+                        f"({exc})",
+                        status,
+                        "bad_encoding",
+                    ) from None
+                content = b""  # an error page we cannot decode: its status says enough
+                err = api_responses.http_error(status, host, response.headers, content)
+                failure = BatchHttpError(err.message, status, err.error_type)
+                retryable = err.retryable
+                retry_after = err.retry_after
             else:
                 if 200 <= status < 300:
                     return content, dict(response.headers)

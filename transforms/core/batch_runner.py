@@ -339,6 +339,14 @@ class BatchShard:
                 self.manifest.path(record.key),
             )
         except BatchHttpError as exc:
+            if exc.status and 200 <= exc.status < 300 and record.input_file_id:
+                # the provider took the call but its answer was unreadable: the batch may exist,
+                # so it is not refused; the wait below finds it by its input file (never makes
+                # a second one beside it), and so does the next run from the manifest
+                record.state = "uploaded"
+                self.manifest.save(record)
+                _LOGGER.warning("batch creation answered unreadably, finding it: %s", exc.message)
+                return iter(())
             # refused whole (upload or creation): nothing was paid; the next run tries again
             record.state, record.error = "failed", exc.message
             _LOGGER.error("a batch of %d requests was refused: %s", record.lines, exc.message)

@@ -64,8 +64,13 @@ def request_limiter(cfg: DescribeConfig):
 def is_account_error(result: vision_api.CallResult) -> bool:
     """The API (or a gateway in front of it) refused the account: a bad key, no credit, an
     exhausted quota. A gateway's own refusal of the key is ``unauthorized`` whatever its status
-    (LiteLLM answers 400 ``no_db_connection``)."""
-    return result.http_status in ACCOUNT_STATUSES or result.error_type == "unauthorized"
+    (LiteLLM answers 400 ``no_db_connection``). The API's certificate failing TLS checks and a
+    proxy refusing the tunnel are the job's mistakes too: no row will fare better."""
+    return result.http_status in ACCOUNT_STATUSES or result.error_type in (
+        "unauthorized",
+        "tls",
+        "proxy",
+    )
 
 
 class Tally:
@@ -181,10 +186,17 @@ class Worker:
             self._account_errors += 1
             if self.stopped or self._account_errors < self.cfg.stop_after_account_errors:
                 return
-            self.stopped = (
-                f"not sent: the API refused this account {self._account_errors} times "
-                f"(last: {result.error}); fix the key or quota, then rerun these failures"
-            )
+            if result.error_type in ("tls", "proxy"):
+                self.stopped = (
+                    f"not sent: the API could not be reached {self._account_errors} times for "
+                    f"a reason no retry fixes (last: {result.error}); fix it, then rerun these "
+                    "failures"
+                )
+            else:
+                self.stopped = (
+                    f"not sent: the API refused this account {self._account_errors} times "
+                    f"(last: {result.error}); fix the key or quota, then rerun these failures"
+                )
         _LOGGER.error("stopped sending requests: %s", self.stopped)
 
     # -- one group of rows: prepared on a preparer thread, sent on a request thread ----------
@@ -364,7 +376,7 @@ class Worker:
                 return "ok", answer_columns(prepared, out.result, c, cfg, ref, columns)
             raise AssertionError("unreachable")
         finally:
-            self.budget.settle(estimated_cost, out.cost)
+            self.budget.settle(estimated_cost, out.cost + out.unread_cost)
 
     def _parse(self, content: str) -> dict[str, Any]:
         return self.asker.parse(content)
@@ -397,10 +409,16 @@ class Outcome:
     cost: float = 0.0  # US dollars at the price table's rates
     estimated_cost: float = 0.0
 
+    @property
+    def unread_cost(self) -> float:
+        """Answers billed but unreadable (no usage block to read): priced at the estimate."""
+        return self.result.paid_unread * self.estimated_cost
+
     def add(self, call: vision_api.CallResult) -> None:
         r = self.result
         r.attempts += call.attempts
         r.retries += call.retries
         r.rate_limited += call.rate_limited
+        r.paid_unread += call.paid_unread
         r.throttled_seconds += call.throttled_seconds
         r.latency_ms = call.latency_ms

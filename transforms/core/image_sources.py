@@ -274,6 +274,12 @@ class Sources:
                 f"{quote(ref)} is larger than {self.options.max_read_bytes / 2**20:g} MiB",
                 "too_large",
             ) from None
+        except deadline.DecodeError as exc:
+            # asked for identity, sent compressed anyway, and not in a way we can undo
+            raise read_error(
+                f"{quote(ref)} came with a Content-Encoding that cannot be decoded ({exc})",
+                "bad_encoding",
+            ) from None
         except requests.TooManyRedirects:
             raise read_error(f"too many redirects fetching {quote(ref)}", "redirect") from None
         except requests.Timeout:

@@ -13,15 +13,27 @@ is sent: connecting, waiting for the headers and reading the body all fit in it,
 sends its headers and then a byte a second (or nothing) is cut off at the deadline rather than
 holding a slot for ever. A body over ``max_response_bytes`` is not read to its end.
 
+Every body is decoded by its ``Content-Encoding`` as it arrives (``deadline.read_body``: gzip and
+deflate, br and zstd where their decoders are importable; the session advertises exactly those),
+and ``max_response_bytes`` counts decoded bytes, so a compression bomb is one failure.
+
 Retry policy (``VisionClient.complete``):
-- retried: HTTP 408, 409, 429 and every 5xx; connection errors and resets; timeouts (including a
-  body still arriving at the deadline); a 200 whose body is not valid JSON. Back-off is
+- retried: HTTP 408, 409, 429 and every 5xx (a front server's 502/503/504, a CDN's 520-524);
+  connection errors and resets (a keep-alive connection the server closed is retried on a new
+  one: nothing was answered, so nothing was paid); timeouts before an answer's headers. Back-off is
   exponential with full jitter, but never shorter than what the server asked for in
   ``retry-after-ms``, ``Retry-After`` (seconds or an HTTP date) or, behind a LiteLLM gateway,
   ``llm_provider-retry-after`` (capped at ``RetryPolicy.max_retry_after``).
-- final at once: any other 4xx, a redirect (never followed: it would carry the key to another
-  place), a 200 whose JSON holds no answer, and a body over ``max_response_bytes``
-  (``too_large_response``: it would be as large again).
+- a 200 is paid for: a 200 whose body cannot be read whole (cut off, or at the deadline), decoded
+  (``bad_encoding``) or parsed (``bad_json``) was billed by the provider, so it is sent again at
+  most once for the row, never ``max_retries`` times; each such answer is counted in
+  ``CallResult.paid_unread`` (the summary's cost line) and in the row's ``attempts``.
+- final at once: any other 4xx (a 413 from a front server says to lower ``--max_image_side``), a
+  redirect (never followed: it would carry the key to another place), a 200 whose JSON holds no
+  answer, a body over ``max_response_bytes`` (``too_large_response``: it would be as large
+  again), a TLS failure (``tls``: unknown CA, wrong host name, expired certificate; named with
+  its host) and a proxy's refusal or broken tunnel (``proxy``). The worker's breaker treats the
+  last two like a refused key: they are the job's mistake, not the row's.
 - at most ``max_retries`` retries, i.e. ``max_retries + 1`` attempts.
 
 Every error message and request id in a ``CallResult`` is valid UTF-8, capped, and redacted
@@ -42,6 +54,7 @@ import json
 import logging
 import os
 import random
+import re
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -49,7 +62,7 @@ from typing import Any
 
 import requests
 
-from transforms.core import api_responses, deadline, models, sanitize
+from transforms.core import api_responses, content_coding, deadline, models, sanitize
 from transforms.core.api_responses import RETRYABLE_STATUSES as RETRYABLE_STATUSES
 from transforms.core.api_responses import Completion as Completion
 from transforms.core.api_responses import ResponseError as ResponseError
@@ -133,6 +146,7 @@ class CallResult:
     attempts: int = 0
     retries: int = 0
     rate_limited: int = 0  # 429 answers seen
+    paid_unread: int = 0  # 200s whose body could not be read, decoded or parsed (billed)
     throttled_seconds: float = 0.0  # waiting on the rate budget or on a 429's back-off
     latency_ms: float = 0.0  # the last attempt's wall time
 
@@ -153,11 +167,13 @@ class _Attempt(Exception):
         request_id=None,
         retryable=False,
         retry_after=None,
+        paid=False,
     ):
         super().__init__(error)
         self.stage, self.error, self.error_type = stage, error, error_type
         self.status, self.request_id = status, request_id
         self.retryable, self.retry_after = retryable, retry_after
+        self.paid = paid  # a 200 arrived: the provider billed this attempt
 
 
 class VisionClient:
@@ -231,6 +247,14 @@ class VisionClient:
                 result.request_id = failed.request_id or result.request_id
                 if failed.status == 429:
                     result.rate_limited += 1
+                if failed.paid:
+                    result.paid_unread += 1
+                    if result.paid_unread > 1:  # paid twice already: a third would be too
+                        failed.retryable = False
+                        result.error += (
+                            f" ({result.paid_unread} answers with HTTP 200 arrived and were "
+                            "billed, none readable; not sent again)"
+                        )
                 if not failed.retryable or result.retries >= self.retry.max_retries:
                     if failed.retryable:
                         result.error = (
@@ -309,6 +333,10 @@ class VisionClient:
                 "timeout",
                 retryable=True,
             ) from None
+        except requests.exceptions.ProxyError as exc:
+            raise _Attempt("request", self._proxy_message(exc), "proxy") from None
+        except requests.exceptions.SSLError as exc:
+            raise _Attempt("request", tls_message(self.host, exc), "tls") from None
         except requests.RequestException as exc:
             raise _Attempt(
                 "request",
@@ -318,8 +346,10 @@ class VisionClient:
             ) from None
 
     def _read(self, response: requests.Response, attempt_deadline: float) -> bytes:
-        """The body, read by the attempt's deadline and up to ``max_response_bytes``."""
+        """The decoded body, read by the attempt's deadline and up to ``max_response_bytes``."""
         status = response.status_code
+        paid = status == 200  # the provider answered, and billed it, whatever happens next
+        rid = self._header_request_id(response.headers)
         try:
             return deadline.read_body(response, attempt_deadline, self.max_response_bytes)
         except deadline.DeadlineExceeded as exc:
@@ -329,25 +359,41 @@ class VisionClient:
                 f"{self.host} sent HTTP {status} headers but not its whole answer within "
                 f"{self.timeout:g}s (--request_timeout; {exc.received:,} bytes arrived)",
                 "timeout",
-                request_id=self._header_request_id(response.headers),
+                request_id=rid,
                 retryable=True,
+                paid=paid,
             ) from None
-        except deadline.TooLarge:
+        except deadline.TooLarge as exc:
+            what = "decoded body" if exc.decoded else "body"
             raise _Attempt(
                 "response",
-                f"{self.host} answered HTTP {status} with a body over "
+                f"{self.host} answered HTTP {status} with a {what} over "
                 f"{self.max_response_bytes:,} bytes; it was not read further",
                 "too_large_response",
                 status,
-                self._header_request_id(response.headers),
+                rid,
+                paid=paid,
+            ) from None
+        except deadline.DecodeError as exc:
+            if not paid:  # an error page we cannot decode: its status says enough
+                return b""
+            raise _Attempt(
+                "response",
+                f"{self.host} answered 200 with a body that cannot be decoded ({exc})",
+                "bad_encoding",
+                status,
+                rid,
+                retryable=True,
+                paid=True,
             ) from None
         except requests.RequestException as exc:
             raise _Attempt(
                 "request",
                 f"connection to {self.host} failed while reading the answer: {type(exc).__name__}",
                 "connection",
-                request_id=self._header_request_id(response.headers),
+                request_id=rid,
                 retryable=True,
+                paid=paid,
             ) from None
 
     def _header_request_id(self, headers: Mapping[str, str]) -> str | None:
@@ -369,12 +415,15 @@ class VisionClient:
                     status,
                     header_request_id,
                     retryable=True,
+                    paid=True,
                 ) from None
             rid = header_request_id or api_responses.body_request_id(payload, self._secrets)
             try:
                 return parse_completion(payload, self._secrets), rid
             except ResponseError as exc:
-                raise _Attempt("response", str(exc), exc.error_type, status, rid) from None
+                raise _Attempt(
+                    "response", str(exc), exc.error_type, status, rid, paid=True
+                ) from None
         if 300 <= status < 400:
             location = api_responses.clean(
                 headers.get("location", "?"), api_responses.MAX_QUOTE, self._secrets
@@ -405,6 +454,21 @@ class VisionClient:
             retry_after=err.retry_after,
         )
 
+    def _proxy_message(self, exc: BaseException) -> str:
+        proxy = self.session.proxies.get(urllib.parse.urlsplit(self.url).scheme) or ""
+        where = urllib.parse.urlsplit(proxy).hostname or "?"
+        port = urllib.parse.urlsplit(proxy).port
+        where = f"{where}:{port}" if port else where  # never its user:password
+        cause = _PROXY_STATUS.search(str(exc))
+        said = (
+            f"answered {cause.group(1)} {cause.group(2).strip()}" if cause else "broke the tunnel"
+        )
+        return self.redact(
+            f"the proxy {where} {said} on the way to {self.host} "
+            f"({type(exc).__name__}); check HTTPS_PROXY / HTTP_PROXY (and its credentials), or "
+            "list the API's host in NO_PROXY"
+        )
+
     def redact(self, text: str | None) -> str | None:
         """``text`` made valid UTF-8, without this client's secrets nor the process's registered
         ones, also as a fragment left at either end by a cut."""
@@ -413,17 +477,65 @@ class VisionClient:
         return api_responses.redact(sanitize.valid_text(text), self._secrets)
 
 
+_PROXY_STATUS = re.compile(r"\b(40[37]|50[0-9])\b([A-Za-z ]{0,40})")
+
+# what OpenSSL says, and what it means for the person running the job
+_TLS_CAUSES = (
+    ("certificate has expired", "its certificate has expired"),
+    ("not yet valid", "its certificate is not valid yet (check this machine's clock)"),
+    ("hostname mismatch", "its certificate is for another host name"),
+    ("doesn't match", "its certificate is for another host name"),
+    ("ip address mismatch", "its certificate is for another host name"),
+    (
+        "unable to get local issuer certificate",
+        "its certificate is signed by a CA this machine does not trust",
+    ),
+    ("self-signed certificate", "its certificate is signed by a CA this machine does not trust"),
+    ("self signed certificate", "its certificate is signed by a CA this machine does not trust"),
+    ("wrong_version_number", "it does not speak TLS on that port (http:// rather than https://?)"),
+    ("wrong version number", "it does not speak TLS on that port (http:// rather than https://?)"),
+)
+
+
+def tls_message(host: str, exc: BaseException) -> str:
+    """One line naming the host and why TLS to it failed, and what to do."""
+    text = str(exc).lower()
+    cause = next((said for seen, said in _TLS_CAUSES if seen in text), None)
+    if cause is None:
+        found = re.search(r"\[ssl[^\]]*\]\s*([^()'\"]{1,120})", text)
+        cause = f"TLS failed ({found.group(1).strip()})" if found else "TLS failed"
+    fix = (
+        "trust its CA with REQUESTS_CA_BUNDLE or SSL_CERT_FILE (a PEM bundle)"
+        if "ca this machine" in cause
+        else "check --api_base"
+    )
+    return sanitize.text(f"TLS to {host} failed: {cause}; {fix}", 400)
+
+
+def ca_bundle() -> str | None:
+    """The CA bundle named by the environment: REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, then OpenSSL's
+    SSL_CERT_FILE (which ``requests`` alone would not read: it trusts certifi's bundle)."""
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
 def new_session(api_key: str | None, pool_size: int, url: str | None = None) -> requests.Session:
     """A session whose connection pool holds ``pool_size`` keep-alive connections.
 
-    The environment (proxy variables, REQUESTS_CA_BUNDLE) is read once here for ``url``, not on
-    every request: with ``trust_env`` on, requests re-reads them and looks for a ~/.netrc on
-    each call, which at hundreds of requests a second is a measurable share of the process.
+    The environment (HTTPS_PROXY / HTTP_PROXY / NO_PROXY, the CA bundle of ``ca_bundle``) is read
+    once here for ``url``, not on every request: with ``trust_env`` on, requests re-reads them and
+    looks for a ~/.netrc on each call, which at hundreds of requests a second is a measurable
+    share of the process. An https:// API is reached through a proxy by a CONNECT tunnel, so the
+    key never crosses the proxy in clear. ``Accept-Encoding`` names only what
+    ``content_coding`` can decode.
     """
     session = requests.Session()
     if url is not None:
         session.proxies.update(requests.utils.get_environ_proxies(url))
-        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        bundle = ca_bundle()
         if bundle:
             session.verify = bundle
         session.trust_env = False
@@ -434,6 +546,7 @@ def new_session(api_key: str | None, pool_size: int, url: str | None = None) -> 
     session.mount("http://", adapter)
     session.headers["User-Agent"] = USER_AGENT
     session.headers["Accept"] = "application/json"
+    session.headers["Accept-Encoding"] = content_coding.ACCEPT_ENCODING
     if api_key:
         session.headers["Authorization"] = f"Bearer {api_key}"
     return session
