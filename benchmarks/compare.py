@@ -6,7 +6,7 @@
 
 Measured:
 1. Throughput (images/s) against a loopback OpenAI-compatible endpoint with a set latency
-   (``python -m transforms.core.local_endpoint --answer fixed``, in its own process so that it
+   (``python -m transforms.core.offline.endpoint --answer fixed``, in its own process so that it
    does not compete with the job for the GIL), for concurrency 4, 16 and 64 and latency 100 ms
    and 1 s, of
    (a) vision-enrich (``pipelines.describe_images`` with ``--max_concurrency N``),
@@ -68,7 +68,7 @@ class Endpoint:
             else [
                 sys.executable,
                 "-m",
-                "transforms.core.local_endpoint",
+                "transforms.core.offline.endpoint",
                 "--port",
                 str(self.port),
                 "--latency",
@@ -180,7 +180,7 @@ def _body(uri: str) -> dict:
     }
 
 
-# -- (b) a plain per-element DoFn ------------------------------------------------------------------
+# -- (b) a plain per-element DoFn ----------------------------------------------------------------
 class PlainDoFn(beam.DoFn):
     def __init__(self, url: str):
         self.url = url
@@ -328,7 +328,7 @@ def photo_like(size, seed) -> bytes:
 def preparation(repeat: int) -> list[dict]:
     from PIL import Image
 
-    from transforms.core.images import ImageLoader, ImageOptions
+    from transforms.core.images.loader import ImageLoader, ImageOptions
 
     cases = {
         "examples (4 photos, 451-640 px, sent as they are)": [

@@ -112,7 +112,8 @@ def bombs() -> dict[str, str]:
 
 _PREPARE = """
 import concurrent.futures, json, resource, sys, time
-from transforms.core.images import ImageError, ImageLoader, ImageOptions
+from transforms.core.images.sources import ImageError
+from transforms.core.images.loader import ImageLoader, ImageOptions
 megapixels, threads, paths = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 loader = ImageLoader(ImageOptions(decode_megapixels=megapixels))
 started = time.monotonic()
@@ -130,7 +131,8 @@ print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 _BOMB = """
 import json, resource, sys
 from tests.support import images as timg
-from transforms.core.images import ImageError, ImageLoader
+from transforms.core.images.sources import ImageError
+from transforms.core.images.loader import ImageLoader
 loader = ImageLoader()
 loader.prepare_bytes(timg.png())  # warm up: imports and code paths loaded
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -6,7 +6,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.describe_options import LOCAL, DescribeImagesOptions
-from transforms.core.batch_protocol import LIMITS, BatchConfig, is_anthropic_host, resolve_protocol
+from transforms.core.batch.records import LIMITS, BatchConfig, is_anthropic_host, resolve_protocol
 
 STATE_FOLDER = "_batches"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pipelines.describe_options import DescribeImagesOptions
 from pipelines.describe_setup import derived
-from transforms.core import models
-from transforms.core.batch_manifest import Manifest
+from transforms.core.batch.manifest import Manifest
+from transforms.core.question import models
 
 
 def _batch_prices(opts: DescribeImagesOptions):

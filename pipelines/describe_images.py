@@ -40,10 +40,8 @@ from pipelines.describe_setup import (  # noqa: F401 (the job's public names)
 from pipelines.summary import every_row_failed, format_dry_run, format_summary, summarize
 from schemas import rows as schema
 from transforms import describe_images as di
-from transforms.core import (
-    sanitize,
-)
-from transforms.core.local_endpoint import ChatEndpoint
+from transforms.core.guards import sanitize
+from transforms.core.offline.endpoint import ChatEndpoint
 from transforms.describe_in_batches import DescribeInBatches
 from transforms.estimate_requests import EstimateRequests
 from transforms.group_by_content import GroupByContent

@@ -11,10 +11,8 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipelines.batch_options import add_batch_args
-from transforms.core import (
-    images,
-    vision_api,
-)
+from transforms.core.api import client as vision_api
+from transforms.core.images import loader as images
 from transforms.write_bigquery import METHODS as WRITE_METHODS
 
 LOCAL = "local"

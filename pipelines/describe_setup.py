@@ -24,17 +24,13 @@ from pipelines.batch_setup import validate_batch
 from pipelines.describe_options import LOCAL, TABLE_SPEC, DescribeImagesOptions
 from pipelines.describe_options import flag as parse_flag
 from transforms import describe_images as di
-from transforms.core import (
-    images,
-    models,
-    netguard,
-    prompts,
-    secrets,
-    shared_limit,
-    structured,
-    vision_api,
-)
-from transforms.core.ratelimit import worker_count_share, worker_share
+from transforms.core.api import client as vision_api
+from transforms.core.api import shared_limit
+from transforms.core.api.ratelimit import worker_count_share, worker_share
+from transforms.core.guards import netguard, secrets
+from transforms.core.images import loader as images
+from transforms.core.question import models, prompts
+from transforms.core.question import output_schema as structured
 from transforms.read_existing_keys import check_existing_parquet
 from transforms.read_image_refs import (
     parquet_columns,

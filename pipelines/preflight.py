@@ -20,7 +20,8 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.core import secrets, vision_api
+from transforms.core.api import client as vision_api
+from transforms.core.guards import secrets
 from transforms.read_existing_keys import bigquery_client
 
 

@@ -6,8 +6,8 @@ reads ``out/descriptions-*.parquet`` and ``out/failures-*.parquet`` and writes
 ``out/review.html``; ``--output_table project:dataset.table`` (and ``--failures_table``) reads a
 run written to BigQuery instead. The job writes the same page at the end of a run with
 ``--review``. The page is one self-contained file that works offline: see
-``transforms/core/review_page.py`` for what it shows and why it is safe to open, and
-``transforms/core/review_data.py`` for how it samples without reading every row.
+``transforms/core/review/page.py`` for what it shows and why it is safe to open, and
+``transforms/core/review/data.py`` for how it samples without reading every row.
 
 The rows do not hold the question (only its hash, ``request_key``): give ``--prompt``,
 ``--system_prompt`` and ``--output_schema`` to show it in the header.
@@ -26,7 +26,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.describe_options import DescribeImagesOptions
 from pipelines.describe_options import flag as parse_flag
-from transforms.core import images, models, netguard, review_data, review_page, sanitize
+from transforms.core.guards import netguard, sanitize
+from transforms.core.images import loader as images
+from transforms.core.question import models
+from transforms.core.review import data as review_data
+from transforms.core.review import page as review_page
 
 _LOGGER = logging.getLogger(__name__)
 PAGE_NAME = "review.html"

@@ -8,9 +8,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from pipelines.describe_options import DescribeImagesOptions
 from pipelines.describe_setup import derived
 from transforms import describe_images as di
-from transforms.core import (
-    models,
-)
+from transforms.core.question import models
 
 
 def summarize(result, elapsed: float) -> dict[str, float]:

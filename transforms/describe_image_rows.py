@@ -27,7 +27,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from schemas import rows as schema
 from transforms import describe_images as di
-from transforms.core import images, vision_api
+from transforms.core.api import client as vision_api
+from transforms.core.images import loader as images
 from transforms.read_image_refs import to_ref
 
 
@@ -66,7 +67,7 @@ class DescribeImageRows(beam.PTransform):
         if not str(api_base).startswith(("http://", "https://")):
             raise ValueError(
                 f"api_base {api_base!r} must be an http(s) URL; for an offline run start "
-                "`python -m transforms.core.local_endpoint` and point api_base at it"
+                "`python -m transforms.core.offline.endpoint` and point api_base at it"
             )
         self._image_column, self._id_column = image_column, id_column
         self._cfg = di.DescribeConfig(

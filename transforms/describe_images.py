@@ -39,7 +39,7 @@ from transforms.core.describe_config import (  # noqa: F401 (the transform's pub
     scaled_size,
     sent_instructions,
 )
-from transforms.core.describer import ACCOUNT_STATUSES, Outcome, Worker  # noqa: F401
+from transforms.core.online.worker import ACCOUNT_STATUSES, Outcome, Worker  # noqa: F401
 from transforms.core.row_builders import (  # noqa: F401
     answer_columns,
     description_row,

@@ -33,8 +33,8 @@ from apache_beam.metrics import Metrics
 
 from schemas import rows as schema
 from transforms.core import ledger
-from transforms.core.batch_protocol import BatchConfig
-from transforms.core.batch_runner import BatchShard
+from transforms.core.batch.records import BatchConfig
+from transforms.core.batch.shard import BatchShard
 from transforms.core.describe_config import (
     DESCRIPTIONS,
     FAILURES,

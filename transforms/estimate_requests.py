@@ -18,7 +18,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import describe_images as di
-from transforms.core import images, models
+from transforms.core.images import loader as images
+from transforms.core.images import sources
+from transforms.core.question import models
 
 
 class _Estimate(beam.DoFn):
@@ -50,7 +52,7 @@ class _Estimate(beam.DoFn):
         self._rows.inc(rows)
         try:
             found = self._loader.inspect(ref.get("image_uri"))
-        except images.ImageError as exc:
+        except sources.ImageError as exc:
             self._unreadable.inc(rows)
             yield {"image_id": ref.get("image_id"), "rows": rows, "error": exc.message}
             return

@@ -29,7 +29,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import describe_images as di
-from transforms.core import describe_config, images, ledger, models
+from transforms.core import describe_config, ledger
+from transforms.core.images import loader as images
+from transforms.core.question import models
 
 _DIGESTS_KEPT = 4096  # references whose digest a worker remembers (duplicate rows read once)
 

@@ -24,7 +24,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import describe_images as di
-from transforms.core import describe_config, ledger, prompts
+from transforms.core import describe_config, ledger
+from transforms.core.question import prompts
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pipelines import describe_images as job
 from tests.pipelines.conftest import KEY, read_output, write_input
 from tests.support.fake_api import FaultPlan, RecordingApi
 from transforms import describe_images as di
-from transforms.core.local_endpoint import Fault
+from transforms.core.offline.endpoint import Fault
 
 RETRY_AFTER_KINDS = ("429_retry_after", "429_ms", "429_retry_after_date")
 
@@ -135,7 +135,7 @@ def test_account_errors_stop_sending_after_a_few_rows(tmp_path, run_job, capsys,
     def refuse(_body, _headers):
         return Fault("status", 403, body=body)
 
-    from transforms.core.local_endpoint import ChatEndpoint
+    from transforms.core.offline.endpoint import ChatEndpoint
 
     source, digests = write_input(tmp_path, 300)
     out = str(tmp_path / "out")

@@ -22,7 +22,7 @@ import pytest
 from tests.pipelines.conftest import KEY, read_output, write_input
 from tests.support import images as timg
 from tests.support.fake_api import FaultPlan, RecordingApi
-from transforms.core.local_endpoint import image_parts
+from transforms.core.offline.endpoint import image_parts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -14,7 +14,7 @@ from PIL import Image
 from tests.pipelines.conftest import read_output, write_input
 from tests.support import images as timg
 from tests.support.fake_api import RecordingApi, image_digest, sha_answer
-from transforms.core.local_endpoint import ChatEndpoint, Fault
+from transforms.core.offline.endpoint import ChatEndpoint, Fault
 
 
 def write_rows(tmp_path, rows, name="input.parquet"):

@@ -25,7 +25,10 @@ from tests.support import browser
 from tests.support import images as timg
 from tests.support.bq import PROJECT, EmulatorBigQueryClient
 from tests.support.net import ImageHost
-from transforms.core import models, review_data, review_page, sanitize
+from transforms.core.guards import sanitize
+from transforms.core.question import models
+from transforms.core.review import data as review_data
+from transforms.core.review import page as review_page
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HOSTILE = "<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'</script>"

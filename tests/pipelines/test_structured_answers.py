@@ -11,8 +11,8 @@ import pytest
 from tests.pipelines.conftest import read_output, write_input
 from tests.support import images as timg
 from tests.support.fake_api import RecordingApi, image_digest
-from transforms.core import models
-from transforms.core.local_endpoint import completion, prompt_text, wanted_schema
+from transforms.core.offline.endpoint import completion, prompt_text, wanted_schema
+from transforms.core.question import models
 
 SCHEMA = "label STRING, count INT64, price FLOAT64, is_food BOOL, tags ARRAY<STRING>"
 

@@ -45,8 +45,14 @@ import threading
 import time
 
 from tests.support.openapi import request_errors
-from transforms.core import local_endpoint
-from transforms.core.local_endpoint import ChatEndpoint, Fault, completion, image_bytes, image_parts
+from transforms.core.offline import endpoint as local_endpoint
+from transforms.core.offline.endpoint import (
+    ChatEndpoint,
+    Fault,
+    completion,
+    image_bytes,
+    image_parts,
+)
 
 
 def image_digest(body: dict) -> str:

@@ -31,7 +31,7 @@ import uuid
 
 from tests.support.fake_api import sha_answer
 from tests.support.openapi import validator
-from transforms.core.local_batches import LocalBatches
+from transforms.core.offline.batches import LocalBatches
 
 
 def _errors(name: str, body) -> list[str]:

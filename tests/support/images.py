@@ -79,7 +79,7 @@ def png_16bit() -> bytes:
     return encode(img, "PNG")
 
 
-# -- hostile and exotic inputs (tests/transforms/test_images_hostile.py, benchmarks) -----------
+# -- hostile and exotic inputs (tests/transforms/core/images/test_loader_hostile.py, benchmarks) -
 def _chunk(kind: bytes, body: bytes) -> bytes:
     import struct
     import zlib

@@ -80,5 +80,5 @@ def test_outputs_are_typed_rows_from_the_schema_declaration():
 
 
 def test_local_api_base_is_refused_with_directions():
-    with pytest.raises(ValueError, match="transforms.core.local_endpoint"):
+    with pytest.raises(ValueError, match="transforms.core.offline.endpoint"):
         DescribeImageRows(api_base="local")

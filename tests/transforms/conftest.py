@@ -2,7 +2,7 @@
 
 import pytest
 
-from transforms.core.images import ImageLoader, ImageOptions
+from transforms.core.images.loader import ImageLoader, ImageOptions
 
 
 @pytest.fixture

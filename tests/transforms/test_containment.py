@@ -13,7 +13,10 @@ from schemas import rows as schema
 from tests.support.fake_api import RecordingApi
 from tests.transforms.test_describe_images import config, make_images, run_fn
 from transforms import describe_images as di
-from transforms.core import describer, images, structured, vision_api
+from transforms.core.api import client as vision_api
+from transforms.core.images import loader as images
+from transforms.core.online import worker as describer
+from transforms.core.question import output_schema as structured
 from transforms.plan_requests import PlanRequests
 
 VICTIM = "id-3"

@@ -14,7 +14,7 @@ from schemas import rows as schema
 from tests.support import images as timg
 from tests.support.fake_api import FaultPlan, RecordingApi
 from transforms import describe_images as di
-from transforms.core import vision_api
+from transforms.core.api import client as vision_api
 
 
 def config(api, **kw):

@@ -10,7 +10,12 @@ import functools
 from typing import Any
 
 from schemas import rows as schema
-from transforms.core import image_sizes, images, ledger, models, prompts, structured, vision_api
+from transforms.core import ledger
+from transforms.core.api import client as vision_api
+from transforms.core.images import loader as images
+from transforms.core.images import sizes as image_sizes
+from transforms.core.question import models, prompts
+from transforms.core.question import output_schema as structured
 
 NAMESPACE = "vision_enrich"
 DESCRIPTIONS = "descriptions"

@@ -15,8 +15,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from transforms.core import images, models, structured, vision_api
+from transforms.core.api import client as vision_api
 from transforms.core.describe_config import DescribeConfig, question, scaled_size, sent_instructions
+from transforms.core.images import loader as images
+from transforms.core.question import models
+from transforms.core.question import output_schema as structured
 
 
 @dataclasses.dataclass(frozen=True)

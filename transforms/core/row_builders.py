@@ -12,8 +12,10 @@ import datetime as dt
 from typing import Any
 
 from schemas import rows as schema
-from transforms.core import images, sanitize, vision_api
+from transforms.core.api import client as vision_api
 from transforms.core.describe_config import DescribeConfig
+from transforms.core.guards import sanitize
+from transforms.core.images import loader as images
 
 
 def _now() -> dt.datetime:

@@ -1,0 +1,391 @@
+"""The model catalogue: it covers exactly the ids of vision-models.md, every body it builds
+validates against OpenAI's official schema and follows its family's rules, and the token, price
+and price-table helpers compute what they say."""
+
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+
+import pytest
+
+from tests.support.openapi import request_errors
+from transforms.core.api import client as v
+from transforms.core.question import models
+
+REFERENCE = pathlib.Path(__file__).resolve().parents[4].parent / "shared/reference/vision-models.md"
+DATA_URL = "data:image/png;base64,iVBORw0KGgo="
+SCHEMA = {
+    "type": "object",
+    "properties": {"label": {"type": "string"}, "count": {"type": ["integer", "null"]}},
+    "required": ["label", "count"],
+    "additionalProperties": False,
+}
+INSTRUCTIONS = 'Answer with JSON only: {"label": string, "count": integer or null}.'
+SYSTEM = "You label product photos."
+PROMPT = "Describe it."
+
+
+def _reference_table() -> dict[str, tuple[str, bool]]:
+    """{model id: (family, moderation)} from the markdown table of vision-models.md."""
+    rows = {}
+    for line in REFERENCE.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or len(cells) != 2 or cells[0] in ("model id", "---"):
+            continue
+        model_id, family = cells
+        rows[model_id] = (family.split()[0].lower(), "moderation" in family)
+    return rows
+
+
+def test_catalogue_holds_exactly_the_reference_ids_and_families():
+    reference = _reference_table()
+    assert len(reference) == 22
+    assert set(models.CATALOGUE) == set(reference)
+    for model_id, (family, moderation) in reference.items():
+        spec = models.CATALOGUE[model_id]
+        assert spec.id == model_id and spec.known
+        assert (spec.family, spec.moderation) == (family, moderation), model_id
+
+
+@pytest.mark.parametrize("model_id", sorted(models.CATALOGUE))
+def test_spec_is_coherent(model_id):
+    spec = models.spec_for(model_id)
+    assert spec is models.CATALOGUE[model_id]
+    assert spec.family in models.FAMILIES
+    assert spec.response_format in ("json_schema", "json_object", None)
+    assert spec.token_field in ("max_tokens", "max_completion_tokens")
+    assert spec.max_images >= 1 and spec.max_image_side >= 560
+    assert 1024 * 1024 <= spec.max_image_bytes <= 20 * 1024 * 1024
+    assert (
+        {"image/jpeg", "image/png"}
+        <= spec.image_mimes
+        <= {
+            "image/jpeg",
+            "image/png",
+            "image/webp",
+            "image/gif",
+        }
+    )
+    assert spec.input_price >= 0 and spec.output_price >= 0
+    # the family rules the request builder relies on
+    assert spec.detail == (spec.family == "openai")
+    assert spec.system_messages == (spec.family != "meta")
+    if spec.family in ("anthropic", "meta", "minimax"):
+        assert spec.response_format is None
+    if spec.family == "google":
+        assert spec.response_format == "json_schema" and "image/gif" not in spec.image_mimes
+    if spec.moderation:
+        assert spec.response_format is None
+
+
+@pytest.mark.parametrize(
+    "model_id,response_format",
+    [
+        ("gpt-4o", "json_schema"),
+        ("gpt-4o-2024-08-06", "json_schema"),
+        ("gpt-4o-mini", "json_schema"),
+        ("gpt-4o-mini-2024-07-18", "json_schema"),
+        ("gpt-4o-2024-05-13", "json_object"),
+        ("chatgpt-4o-latest", "json_object"),
+        ("gpt-4-turbo", "json_object"),
+        ("gpt-4-turbo-2024-04-09", "json_object"),
+    ],
+)
+def test_openai_response_formats(model_id, response_format):
+    assert models.CATALOGUE[model_id].response_format == response_format
+
+
+def _check_body(spec, body, *, system_prompt, schema, detail):
+    assert request_errors(body) == []
+    assert list(body)[:3] == ["model", "messages", spec.token_field]
+    assert body["model"] == spec.id and body[spec.token_field] == 77
+    other = {"max_tokens", "max_completion_tokens"} - {spec.token_field}
+    assert not other & set(body)
+
+    messages = body["messages"]
+    system_message = bool(system_prompt) and spec.system_messages and not spec.moderation
+    assert [m["role"] for m in messages] == (["system", "user"] if system_message else ["user"])
+    if system_message:
+        assert messages[0]["content"] == system_prompt
+    text_part, image_part = messages[-1]["content"]
+    assert image_part["type"] == "image_url" and image_part["image_url"]["url"] == DATA_URL
+    assert ("detail" in image_part["image_url"]) == (spec.detail and detail != "auto")
+    if "detail" in image_part["image_url"]:
+        assert image_part["image_url"]["detail"] == detail
+
+    expected_text = PROMPT
+    if system_prompt and not system_message:
+        expected_text = f"{system_prompt}\n\n{PROMPT}"
+    wanted = None if spec.moderation else spec.response_format
+    if schema is not None and wanted != "json_schema":
+        expected_text += f"\n\n{INSTRUCTIONS}"
+    assert text_part == {"type": "text", "text": expected_text}
+
+    if schema is None or wanted is None:
+        assert "response_format" not in body
+    elif wanted == "json_schema":
+        assert body["response_format"] == {
+            "type": "json_schema",
+            "json_schema": {"name": "image_answer", "schema": SCHEMA, "strict": True},
+        }
+    else:
+        assert body["response_format"] == {"type": "json_object"}
+    assert list(body) == ["model", "messages", spec.token_field] + (
+        ["response_format"] if "response_format" in body else []
+    )
+
+
+@pytest.mark.parametrize("detail", ["auto", "high"])
+@pytest.mark.parametrize("schema", [None, SCHEMA], ids=["text", "schema"])
+@pytest.mark.parametrize("system_prompt", [None, SYSTEM], ids=["nosys", "sys"])
+@pytest.mark.parametrize("model_id", sorted(models.CATALOGUE))
+def test_every_body_validates_and_follows_its_family(model_id, system_prompt, schema, detail):
+    spec = models.spec_for(model_id)
+    body = models.build_request(
+        spec,
+        DATA_URL,
+        prompt=PROMPT,
+        system_prompt=system_prompt,
+        max_tokens=77,
+        detail=detail,
+        json_schema=schema,
+        schema_instructions=INSTRUCTIONS,
+    )
+    _check_body(spec, body, system_prompt=system_prompt, schema=schema, detail=detail)
+
+
+def test_family_rules_on_named_models():
+    def build(model_id, **kw):
+        kw = {
+            "prompt": PROMPT,
+            "system_prompt": SYSTEM,
+            "max_tokens": 50,
+            "detail": "high",
+            **kw,
+        }
+        return models.build_request(models.spec_for(model_id), DATA_URL, **kw)
+
+    llama = build("meta-llama/Llama-3.2-90B-Vision-Instruct-Turbo", json_schema=SCHEMA)
+    assert [m["role"] for m in llama["messages"]] == ["user"]
+    assert llama["messages"][0]["content"][0]["text"].startswith(f"{SYSTEM}\n\n{PROMPT}")
+    assert "response_format" not in llama
+
+    guard = build("meta-llama/Llama-Guard-3-11B-Vision-Turbo")
+    assert [m["role"] for m in guard["messages"]] == ["user"]
+
+    claude = build("claude-3-opus-20240229", json_schema=SCHEMA, schema_instructions=INSTRUCTIONS)
+    assert claude["messages"][0] == {"role": "system", "content": SYSTEM}
+    assert "detail" not in claude["messages"][1]["content"][1]["image_url"]
+    assert claude["messages"][1]["content"][0]["text"] == f"{PROMPT}\n\n{INSTRUCTIONS}"
+
+    gemini = build("gemini-1.5-pro", json_schema=SCHEMA, schema_instructions=INSTRUCTIONS)
+    assert gemini["response_format"]["type"] == "json_schema"
+    assert gemini["messages"][1]["content"][0]["text"] == PROMPT
+
+    turbo = build("gpt-4-turbo", json_schema=SCHEMA, schema_instructions=INSTRUCTIONS)
+    assert turbo["response_format"] == {"type": "json_object"}
+    assert turbo["messages"][1]["content"][1]["image_url"]["detail"] == "high"
+
+    # no instructions given: nothing is appended, and JSON mode is still asked for
+    bare = build("gpt-4o-2024-05-13", json_schema=SCHEMA, schema_instructions=None)
+    assert bare["messages"][1]["content"][0]["text"] == PROMPT
+    assert bare["response_format"] == {"type": "json_object"}
+
+    named = build("gpt-4o", json_schema=SCHEMA, schema_name="product_label")
+    assert named["response_format"]["json_schema"]["name"] == "product_label"
+    assert request_errors(named) == []
+
+
+def test_a_spec_with_max_completion_tokens_uses_that_field():
+    spec = dataclasses.replace(models.spec_for("gpt-4o"), token_field="max_completion_tokens")
+    body = models.build_request(
+        spec, DATA_URL, prompt=PROMPT, system_prompt=None, max_tokens=9, detail="auto"
+    )
+    assert body["max_completion_tokens"] == 9 and "max_tokens" not in body
+    assert request_errors(body) == []
+
+
+# -- vision_api.build_request delegates ---------------------------------------------------------
+def test_vision_api_build_request_delegates_to_the_catalogue():
+    cfg = v.ChatConfig(
+        model="meta-llama/Llama-3.2-11B-Vision-Instruct-Turbo",
+        prompt="ignored",
+        system_prompt=SYSTEM,
+        max_tokens=40,
+        detail="high",
+    )
+    body = v.build_request(
+        DATA_URL, cfg, prompt=PROMPT, json_schema=SCHEMA, schema_instructions=INSTRUCTIONS
+    )
+    assert body == models.build_request(
+        models.spec_for(cfg.model),
+        DATA_URL,
+        prompt=PROMPT,
+        system_prompt=SYSTEM,
+        max_tokens=40,
+        detail="high",
+        json_schema=SCHEMA,
+        schema_instructions=INSTRUCTIONS,
+    )
+    assert body["messages"][0]["content"][0]["text"] == f"{SYSTEM}\n\n{PROMPT}\n\n{INSTRUCTIONS}"
+    default = v.build_request(DATA_URL, v.ChatConfig(model="gpt-4o", prompt="From the config."))
+    assert default["messages"][0]["content"][0]["text"] == "From the config."
+    structured = v.build_request(DATA_URL, v.ChatConfig(), json_schema=SCHEMA)
+    assert structured["response_format"]["json_schema"]["schema"] == SCHEMA
+
+
+# -- unknown ids -------------------------------------------------------------------------------
+def test_unknown_id_gets_openai_like_defaults_and_does_not_log(caplog):
+    with caplog.at_level(logging.DEBUG):
+        spec = models.spec_for("acme/vision-7b")
+    assert caplog.records == []
+    assert spec.id == "acme/vision-7b" and not spec.known and not spec.moderation
+    assert (spec.family, spec.detail, spec.response_format, spec.system_messages) == (
+        "openai",
+        True,
+        None,
+        True,
+    )
+    assert (spec.max_images, spec.token_field, spec.max_image_side) == (10, "max_tokens", 2048)
+    assert spec.max_image_bytes == 20 * 1024 * 1024
+    assert spec.image_mimes == {"image/jpeg", "image/png", "image/webp", "image/gif"}
+    assert (spec.input_price, spec.output_price) == (0.0, 0.0)
+    assert "acme/vision-7b" not in models.CATALOGUE
+    for schema in (None, SCHEMA):
+        body = models.build_request(
+            spec,
+            DATA_URL,
+            prompt=PROMPT,
+            system_prompt=SYSTEM,
+            max_tokens=77,
+            detail="low",
+            json_schema=schema,
+            schema_instructions=INSTRUCTIONS,
+        )
+        _check_body(spec, body, system_prompt=SYSTEM, schema=schema, detail="low")
+    assert models.image_tokens(spec, 1024, 1024) == 765
+
+
+# -- image tokens ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "model_id,width,height,detail,expected",
+    [
+        ("gpt-4o", 1024, 1024, "high", 765),
+        ("gpt-4o", 2048, 4096, "high", 1105),
+        ("gpt-4o", 2048, 4096, "low", 85),
+        ("gpt-4-turbo", 1024, 1024, "auto", 765),
+        ("gpt-4o-mini", 1024, 1024, "high", 2833 + 4 * 5667),
+        ("gpt-4o-mini-2024-07-18", 1024, 1024, "auto", 2833 + 4 * 5667),
+        ("gpt-4o-mini", 4000, 4000, "low", 2833),
+        ("gpt-4o-mini", 512, 512, "high", 2833 + 5667),
+        ("claude-3-5-sonnet-20241022", 1000, 1000, "auto", 1334),
+        # long edge 1568, then at most ~1.15 MP: 1072x1072 and 1516x758
+        ("claude-3-5-sonnet-20241022", 3000, 3000, "auto", math.ceil(1072 * 1072 / 750)),
+        ("claude-3-haiku-20240307", 3136, 1568, "low", math.ceil(1516 * 758 / 750)),
+        ("claude-3-haiku-20240307", 1568, 700, "auto", math.ceil(1568 * 700 / 750)),
+        ("gemini-1.5-flash", 300, 300, "auto", 258),
+        ("gemini-1.5-flash", 384, 384, "auto", 258),
+        ("gemini-1.5-flash", 385, 300, "auto", 258),
+        ("gemini-1.5-pro", 1000, 1000, "auto", 4 * 258),
+        ("gemini-2.0-flash-exp", 6144, 3072, "auto", 4 * 2 * 258),
+        ("meta-llama/Llama-3.2-11B-Vision-Instruct-Turbo", 560, 560, "auto", 1601),
+        ("meta-llama/Llama-3.2-11B-Vision-Instruct-Turbo", 100, 50, "auto", 1601),
+        ("meta-llama/Llama-3.2-90B-Vision-Instruct-Turbo", 1000, 400, "auto", 2 * 1601),
+        ("meta-llama/Llama-Vision-Free", 4000, 3000, "auto", 4 * 1601),
+        ("MiniMax-Text-01", 1024, 1024, "auto", 765),
+        ("MiniMax-Text-01", 1024, 1024, "low", 765),  # detail is never sent to MiniMax
+    ],
+)
+def test_image_tokens(model_id, width, height, detail, expected):
+    assert models.image_tokens(models.spec_for(model_id), width, height, detail) == expected
+
+
+def test_estimate_tokens_with_and_without_a_size():
+    gpt4o = models.spec_for("gpt-4o")
+    image, text, bound = models.estimate_tokens(
+        gpt4o, 1024, 1024, "auto", "x" * 40, "y" * 8, 300, extra_text="z" * 400
+    )
+    assert (image, text, bound) == (765, 10 + 2 + 100 + 7, 300)
+    assert models.estimate_tokens(gpt4o, None, None, "auto", "hi", None, 5) == (
+        765,  # a 1024x1024 photo, when the size is unknown
+        1 + 7,
+        5,
+    )
+    assert models.estimate_tokens(gpt4o, None, None, "low", "hi", None, 5)[0] == 85
+    # 800x600: no scaling, 2x2 tiles -> 765; "abc" and "def" one token each, +7 overhead
+    assert models.estimate_tokens(gpt4o, 800, 600, "high", "abc", "def", 300) == (765, 9, 300)
+    for model_id in ("claude-3-opus-20240229", "gemini-1.5-pro", "gpt-4o-mini"):
+        spec = models.spec_for(model_id)
+        unknown = models.estimate_tokens(spec, None, None, "auto", "hi", None, 5)[0]
+        assert unknown == models.image_tokens(spec, 1024, 1024)
+    llama = models.spec_for("meta-llama/Llama-Vision-Free")
+    assert models.estimate_tokens(llama, 0, None, "auto", "", None, 1)[0] == 4 * 1601
+
+
+# -- prices ------------------------------------------------------------------------------------
+def test_list_prices_and_cost():
+    gpt4o = models.spec_for("gpt-4o")
+    assert (gpt4o.input_price, gpt4o.output_price) == (2.50, 10.00)
+    assert models.cost(gpt4o, 1_000_000, 100_000) == pytest.approx(2.50 + 1.00)
+    assert models.cost((0.15, 0.60), 2_000, 500) == pytest.approx(0.0003 + 0.0003)
+    assert models.cost(models.spec_for("meta-llama/Llama-Vision-Free"), 10**6, 10**6) == 0.0
+    opus = models.spec_for("claude-3-opus-20240229")
+    assert models.cost(opus, 1334, 200) == pytest.approx((1334 * 15 + 200 * 75) / 1e6)
+
+
+def test_parse_price_table_inline_and_file(tmp_path):
+    inline = '{"gpt-4o": {"input": 2.5, "output": 10}, "my-model": {"input": 0.1, "output": 0}}'
+    table = models.parse_price_table(inline)
+    assert table == {"gpt-4o": (2.5, 10.0), "my-model": (0.1, 0.0)}
+    assert all(isinstance(p, float) for pair in table.values() for p in pair)
+
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"claude-3-haiku-20240307": {"input": 0.8, "output": 4}}))
+    assert models.parse_price_table(str(path)) == {"claude-3-haiku-20240307": (0.8, 4.0)}
+    assert models.parse_price_table(f"  {path}\n") == {"claude-3-haiku-20240307": (0.8, 4.0)}
+
+
+@pytest.mark.parametrize(
+    "text,says",
+    [
+        ('{"gpt-4o": {"input": 2.5, "output": 10}', "not valid JSON"),
+        ('{"gpt-4o": {"input": 2.5}}', "missing 'output'"),
+        ('{"gpt-4o": {}}', "missing 'input' and 'output'"),
+        ('{"gpt-4o": {"input": -1, "output": 10}}', ">= 0"),
+        ('{"gpt-4o": {"input": "2.5", "output": 10}}', "not a number"),
+        ('{"gpt-4o": {"input": true, "output": 10}}', "not a number"),
+        ('{"gpt-4o": {"input": 1, "output": 2, "cached": 0.5}}', "unexpected key(s) 'cached'"),
+        ('{"gpt-4o": [2.5, 10]}', "must be an object"),
+        ('[{"gpt-4o": {"input": 2.5, "output": 10}}]', "must be a JSON object"),
+        ("", "is empty"),
+        ("/no/such/prices.json", "neither inline JSON"),
+    ],
+)
+def test_parse_price_table_errors_say_what_is_wrong(text, says):
+    with pytest.raises(ValueError) as info:
+        models.parse_price_table(text)
+    message = str(info.value)
+    assert says in message
+    assert '{"gpt-4o": {"input": 2.5, "output": 10}}' in message  # the expected shape
+
+
+def test_parse_price_table_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"gpt-4o": {"input": 1, "output": -3}}')
+    with pytest.raises(ValueError, match=r"bad\.json.*'gpt-4o' output must be"):
+        models.parse_price_table(str(path))
+
+
+def test_prices_override_from_the_table():
+    table = models.parse_price_table(
+        '{"gpt-4o": {"input": 1.25, "output": 5}, "acme/vision-7b": {"input": 0.1, "output": 0.2}}'
+    )
+    assert models.prices(models.spec_for("gpt-4o"), table) == (1.25, 5.0)
+    assert models.prices(models.spec_for("gpt-4o-mini"), table) == (0.15, 0.60)
+    assert models.prices(models.spec_for("gpt-4o-mini"), None) == (0.15, 0.60)
+    unknown = models.spec_for("acme/vision-7b")
+    assert models.prices(unknown, {}) == (0.0, 0.0)
+    assert models.prices(unknown, table) == (0.1, 0.2)
+    assert models.cost(models.prices(unknown, table), 10**6, 10**6) == pytest.approx(0.3)

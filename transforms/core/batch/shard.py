@@ -1,0 +1,511 @@
+"""One shard of a batch-mode job, from planned references to rows. No Beam import.
+
+``BatchShard.run(refs)`` is what ``DescribeInBatchesFn`` drives for each shard:
+
+1. reads the manifest (``batch_manifest``): which custom_ids are already in a batch;
+2. streams the shard's references: loads each image (rows that cannot be read or decoded fail
+   here, exactly as online), asks ``request_builder`` for the body online mode would send, and
+   names the line by ``custom_id`` (request key + image content). A line already in the manifest
+   is not sent again; identical lines in the shard are sent once, the other rows ride along.
+   New lines reserve their estimated cost against ``--max_images`` / ``--max_cost`` and are
+   written to JSONL files on disk, split at ``--batch_max_requests`` / ``--batch_max_bytes``;
+   each full file is submitted at once and recorded in the manifest;
+3. polls every batch its lines are in (``--batch_poll_interval``, jittered, backing off on errors,
+   within ``--batch_wait_timeout`` of wall clock), logging a line per batch per poll;
+4. collects every ended batch: one row per input row, through ``row_builders``. A line that
+   errored, expired, was cancelled or is missing from the results is a failure row
+   (``batch_line_error``, ``batch_expired``, ``batch_cancelled``, ``batch_missing``); a batch
+   refused whole fails its rows with the provider's reason (``batch_refused``).
+
+With ``--batch_wait=false`` (or when the wall-clock limit passes) rows whose batches have not
+ended are not emitted: they are counted as pending, and the next run of the same command collects
+them. A batch refused whole is not paid for, so its lines are submitted again by the next run;
+lines of batches that ended are never submitted again.
+
+Memory: bodies go straight to disk; what stays in memory per row is its id and reference.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from transforms.core import ledger
+from transforms.core.api import client as vision_api
+from transforms.core.batch.anthropic_sender import AnthropicBatches, use_anthropic_headers
+from transforms.core.batch.manifest import Manifest
+from transforms.core.batch.openai_sender import OpenAIBatches
+from transforms.core.batch.records import (
+    BatchConfig,
+    BatchHttp,
+    BatchHttpError,
+    BatchRecord,
+    LineOutcome,
+    chunk_key,
+    custom_id,
+)
+from transforms.core.describe_config import (
+    DESCRIPTIONS,
+    FAILURES,
+    DescribeConfig,
+    image_options,
+    plan_ref,
+)
+from transforms.core.guards import netguard, sanitize, secrets
+from transforms.core.images import loader as images
+from transforms.core.images import sources
+from transforms.core.question import models, prompts
+from transforms.core.question import output_schema as structured
+from transforms.core.request_builder import RequestBuilder
+from transforms.core.row_builders import (
+    _now,
+    answer_columns,
+    description_row,
+    failure_row,
+    group_refs,
+    internal_failure_rows,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+_WRAPPER_BYTES = 64  # what a batch body adds around its lines (Anthropic's {"requests": [...]})
+
+
+@dataclasses.dataclass
+class _Group:
+    """The rows asking one line (custom_id) in this shard."""
+
+    refs: list
+    image: images.PreparedImage  # url dropped: only the columns rows need
+    estimate: int = 0
+    estimated_cost: float = 0.0
+    record: str | None = None  # the manifest key of the batch holding the line
+    new: bool = False  # submitted by this run
+    done: bool = False
+
+
+@dataclasses.dataclass
+class _Chunk:
+    path: str
+    custom_ids: list
+    size: int
+
+
+class ChunkWriter:
+    """JSONL files of at most ``max_requests`` lines and ``max_bytes`` bytes."""
+
+    def __init__(self, folder: str, line: Callable[..., bytes], max_requests: int, max_bytes: int):
+        self.folder, self._line = folder, line
+        self.max_requests, self.max_bytes = max_requests, max(1024, max_bytes - _WRAPPER_BYTES)
+        self._file = None
+        self._ids: list[str] = []
+        self._size = 0
+        self._n = 0
+
+    def add(self, cid: str, body: dict) -> tuple[_Chunk | None, bool]:
+        """Write a line; returns (a chunk that became full first, or None; whether written —
+        False when the line alone is over the byte limit)."""
+        line = self._line(cid, body, first=not self._ids)
+        done = None
+        if self._ids and (
+            len(self._ids) >= self.max_requests or self._size + len(line) > self.max_bytes
+        ):
+            done = self.finish()
+            line = self._line(cid, body, first=True)
+        if len(line) > self.max_bytes:
+            return done, False
+        if self._file is None:
+            self._n += 1
+            self._file = open(os.path.join(self.folder, f"chunk-{self._n}.jsonl"), "wb")
+        self._file.write(line)
+        self._ids.append(cid)
+        self._size += len(line)
+        return done, True
+
+    def finish(self) -> _Chunk | None:
+        if self._file is None:
+            return None
+        self._file.close()
+        chunk = _Chunk(self._file.name, self._ids, self._size)
+        self._file, self._ids, self._size = None, [], 0
+        return chunk
+
+
+def make_sender(bcfg: BatchConfig, http: BatchHttp, api_base: str):
+    if bcfg.protocol == "anthropic":
+        return AnthropicBatches(http, api_base, native=bcfg.anthropic_native)
+    return OpenAIBatches(http, api_base)
+
+
+class BatchShard:
+    """Per DoFn instance: the parts a shard needs (sender, manifest, loader, budget)."""
+
+    def __init__(
+        self,
+        cfg: DescribeConfig,
+        bcfg: BatchConfig,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.cfg, self.bcfg = cfg, bcfg
+        key = secrets.api_key(cfg.api_key_env, cfg.api_key_secret)
+        sanitize.register_secret(key)
+        sanitize.install_log_redaction()
+        self.session = vision_api.new_session(key, 4, cfg.api_base)
+        if bcfg.protocol == "anthropic" and bcfg.anthropic_native:
+            use_anthropic_headers(self.session, key)
+        self.http = BatchHttp(
+            self.session,
+            timeout=cfg.request_timeout,
+            max_retries=cfg.retry.max_retries,
+            backoff_base=cfg.retry.backoff_base,
+            sleep=sleep,
+        )
+        self.sender = make_sender(bcfg, self.http, cfg.api_base)
+        self.manifest = Manifest(bcfg.state)
+        self.asker = RequestBuilder(cfg)
+        self.spec = self.asker.spec
+        table = {m: (i, o) for m, i, o in cfg.price_table}
+        self.batch_prices = models.batch_prices(self.spec, table) or self.asker.prices
+        self.image_session = netguard.guarded_session(
+            netguard.parse_networks(cfg.image.allowed_networks), cfg.max_concurrency
+        )
+        self.loader = images.ImageLoader(
+            image_options(cfg, self.spec), http_session=self.image_session
+        )
+        self.budget = ledger.Budget(cfg.max_images, cfg.max_cost)
+        self.counts: collections.Counter = collections.Counter()
+        self._sleep, self._clock = sleep, clock
+        self._rng = random.Random()
+
+    def close(self) -> None:
+        self.session.close()
+        self.image_session.close()
+        self.loader.close()
+
+    # -- the shard ----------------------------------------------------------------------------
+    def run(self, refs: Iterable[dict]) -> Iterator[tuple[str, dict]]:
+        records = {r.key: r for r in self.manifest.load()}
+        known: dict[str, str] = {}
+        for r in records.values():
+            if r.state != "failed":  # refused whole: nothing was paid, its lines go again
+                for cid in r.custom_ids:
+                    known.setdefault(cid, r.key)
+        groups: dict[str, _Group] = {}
+        mine: set[str] = set()
+        folder = tempfile.mkdtemp(prefix="vision-enrich-batch-")
+        try:
+            writer = ChunkWriter(
+                folder, self.sender.line, self.bcfg.max_requests, self.bcfg.max_bytes
+            )
+            for ref, prepared, error in self._prepared(refs):
+                if error is not None:
+                    yield from error
+                    continue
+                yield from self._plan(ref, prepared, groups, known, mine, records, writer)
+            chunk = writer.finish()
+            if chunk is not None:
+                yield from self._submit(chunk, groups, records, mine)
+            yield from self._wait_and_collect(groups, records, mine)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _prepared(self, refs: Iterable[dict]):
+        """(ref, PreparedImage, None) or (ref, None, failure rows), in order, loaded on a few
+        threads: at most ``2 x max_concurrency`` images are held at once."""
+        window = 2 * self.cfg.max_concurrency
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.cfg.max_concurrency, thread_name_prefix="vision-enrich-batch"
+        ) as pool:
+            pending: collections.deque = collections.deque()
+            for ref in refs:
+                pending.append((ref, pool.submit(self._load, ref)))
+                if len(pending) >= window:
+                    ref0, future = pending.popleft()
+                    yield (ref0, *future.result())
+            while pending:
+                ref0, future = pending.popleft()
+                yield (ref0, *future.result())
+
+    def _load(self, ref: dict):
+        refs = group_refs(ref)
+        try:
+            if "request_key" not in ref:
+                template, schema = self.asker.template, self.asker.schema
+                try:
+                    ref.update(plan_ref(ref, self.cfg, template, schema))
+                except prompts.PromptError as exc:
+                    return None, self._fail(refs, "read", str(exc), exc.error_type)
+            try:
+                return self.loader.prepare(ref.get("image_uri")), None
+            except sources.ImageError as exc:
+                return None, self._fail(
+                    refs, exc.stage, exc.message, exc.error_type, exc.http_status
+                )
+        except Exception as exc:
+            _LOGGER.exception("unexpected error preparing one group of rows")
+            return None, [(FAILURES, r) for r in internal_failure_rows(refs, "read", exc, self.cfg)]
+
+    def _fail(self, refs, stage, error, error_type, status=None, request_id=None, attempts=0):
+        return [
+            (
+                FAILURES,
+                failure_row(r, stage, error, error_type, status, request_id, attempts, self.cfg),
+            )
+            for r in refs
+        ]
+
+    def _plan(self, ref, prepared, groups, known, mine, records, writer):
+        refs = group_refs(ref)
+        cid = custom_id(ref["request_key"], prepared.sha256 or str(ref.get("image_uri")))
+        group = groups.get(cid)
+        if group is not None:  # the same question about the same bytes: ride along
+            if group.done:  # already failed (budget, oversize): so do these rows
+                return
+            group.refs.extend(refs)
+            self.counts["rows_reusing_an_answer"] += len(refs)
+            return
+        estimate, bound, estimated_cost = self.asker.estimate(
+            prepared, ref["prompt"], self.loader.options.max_side
+        )
+        image = dataclasses.replace(prepared, url="")
+        group = _Group(refs, image, estimate, estimated_cost)
+        if cid in known:
+            group.record = known[cid]
+            mine.add(group.record)
+            groups[cid] = group
+            self.counts["batch_lines_resumed"] += 1
+            return
+        if not self.budget.reserve(estimated_cost):
+            group.done = True
+            groups[cid] = group
+            yield from self._fail(refs, "request", self.budget.reason(), "budget_reached")
+            return
+        body = self.asker.body(prepared, ref["prompt"])
+        full, written = writer.add(cid, body)
+        groups[cid] = group
+        if not written:
+            group.done = True
+            self.budget.settle(estimated_cost, 0.0)
+            yield from self._fail(
+                refs,
+                "request",
+                f"the request is over --batch_max_bytes ({self.bcfg.max_bytes:,} bytes) on "
+                "its own; lower --max_image_side or raise --batch_max_bytes",
+                "too_large",
+            )
+        else:
+            group.new = True
+            self.counts["estimated_prompt_tokens"] += estimate
+            self.counts["estimated_cost_microdollars"] += round(estimated_cost * 1e6)
+        if full is not None:
+            yield from self._submit(full, groups, records, mine)
+
+    def _submit(self, chunk: _Chunk, groups, records, mine):
+        record = BatchRecord(
+            key=chunk_key(chunk.custom_ids),
+            protocol=self.sender.protocol,
+            custom_ids=list(chunk.custom_ids),
+            created_at=time.time(),
+            lines=len(chunk.custom_ids),
+            bytes=chunk.size,
+        )
+        for cid in chunk.custom_ids:
+            groups[cid].record = record.key
+        records[record.key] = record
+        mine.add(record.key)
+        try:
+            self.sender.submit(chunk.path, record, self.manifest.save)
+            self.counts["batches_submitted"] += 1
+            self.counts["images_sent"] += len(chunk.custom_ids)
+            _LOGGER.info(
+                "batch %s submitted: %d requests, %d bytes (manifest %s)",
+                record.batch_id,
+                record.lines,
+                record.bytes,
+                self.manifest.path(record.key),
+            )
+        except BatchHttpError as exc:
+            if exc.status and 200 <= exc.status < 300 and record.input_file_id:
+                # the provider took the call but its answer was unreadable: the batch may exist,
+                # so it is not refused; the wait below finds it by its input file (never makes
+                # a second one beside it), and so does the next run from the manifest
+                record.state = "uploaded"
+                self.manifest.save(record)
+                _LOGGER.warning("batch creation answered unreadably, finding it: %s", exc.message)
+                return iter(())
+            # refused whole (upload or creation): nothing was paid; the next run tries again
+            record.state, record.error = "failed", exc.message
+            _LOGGER.error("a batch of %d requests was refused: %s", record.lines, exc.message)
+            if record.input_file_id or record.batch_id:
+                self.manifest.save(record)
+        finally:
+            try:
+                os.remove(chunk.path)
+            except OSError:
+                pass
+        return iter(())
+
+    # -- waiting and collecting ---------------------------------------------------------------
+    def _wait_and_collect(self, groups, records, mine):
+        waiting = sorted(mine)
+        until = self._clock() + self.bcfg.wait_timeout
+        errors = 0
+        while waiting:
+            still, failed_polls = [], False
+            for key in waiting:
+                record = records[key]
+                if not record.ended and record.batch_id:
+                    try:
+                        before = (record.state, dict(record.counts))
+                        self.sender.poll(record)
+                        if (record.state, record.counts) != before:
+                            self.manifest.save(record)
+                    except BatchHttpError as exc:
+                        failed_polls = True
+                        _LOGGER.warning(
+                            "batch %s: status check failed: %s", record.batch_id, exc.message
+                        )
+                elif not record.ended and record.input_file_id and not record.batch_id:
+                    # killed between upload and creation: make the batch from the uploaded file
+                    try:
+                        self.sender.submit(None, record, self.manifest.save)
+                    except BatchHttpError as exc:
+                        record.state, record.error = "failed", exc.message
+                        self.manifest.save(record)
+                _log_progress(record)
+                if record.ended:
+                    yield from self._collect(record, groups)
+                else:
+                    still.append(key)
+            waiting = still
+            if not waiting or not self.bcfg.wait or self._clock() >= until:
+                break
+            errors = errors + 1 if failed_polls else 0
+            interval = self.bcfg.poll_interval * min(8, 2**errors)
+            wait = self._rng.uniform(0.8 * interval, 1.2 * interval)
+            self._sleep(max(0.0, min(wait, until - self._clock())))
+        pending = 0
+        for key in waiting:
+            for cid in records[key].custom_ids:
+                group = groups.get(cid)
+                if group is not None and not group.done and group.record == key:
+                    pending += len(group.refs)
+        if pending:
+            self.counts["batch_rows_pending"] += pending
+            _LOGGER.warning(
+                "%d rows wait on batches that have not ended (%s); rerun the same command to "
+                "collect them",
+                pending,
+                ", ".join(records[k].batch_id or k for k in waiting),
+            )
+
+    def _collect(self, record: BatchRecord, groups) -> Iterator[tuple[str, dict]]:
+        mine = {
+            cid
+            for cid in record.custom_ids
+            if cid in groups and not groups[cid].done and groups[cid].record == record.key
+        }
+        if not mine:
+            return
+        if record.state == "failed":
+            for cid in sorted(mine):
+                yield from self._finish(
+                    groups[cid],
+                    None,
+                    "batch_refused",
+                    f"the provider refused the batch {record.batch_id}: {record.error}",
+                )
+            return
+        try:
+            for outcome in self.sender.results(record):
+                if outcome.custom_id in mine:
+                    mine.discard(outcome.custom_id)
+                    yield from self._answer(groups[outcome.custom_id], outcome)
+        except BatchHttpError as exc:
+            for cid in sorted(mine):
+                yield from self._finish(
+                    groups[cid],
+                    None,
+                    "batch_results_unreadable",
+                    f"the results of batch {record.batch_id} could not be read ({exc.message}); "
+                    "rerun the same command to collect them again",
+                )
+            return
+        why = {
+            "expired": ("batch_expired", "the batch expired before this request ran"),
+            "cancelled": ("batch_cancelled", "the batch was cancelled before this request ran"),
+        }.get(record.state, ("batch_missing", "the batch ended without a result for this line"))
+        for cid in sorted(mine):
+            yield from self._finish(
+                groups[cid], None, why[0], f"{why[1]} (batch {record.batch_id})"
+            )
+
+    def _finish(self, group, request_id, error_type, error, status=None, stage="request"):
+        group.done = True
+        yield from self._fail(group.refs, stage, error, error_type, status, request_id, 1)
+
+    def _answer(self, group: _Group, outcome: LineOutcome) -> Iterator[tuple[str, dict]]:
+        if outcome.completion is None:
+            yield from self._finish(
+                group,
+                outcome.request_id,
+                outcome.error_type or "batch_line_error",
+                outcome.error or "(no message)",
+                outcome.http_status,
+            )
+            return
+        c = outcome.completion
+        prompt_t = group.estimate if c.prompt_tokens is None else c.prompt_tokens
+        done_t = c.completion_tokens or 0
+        self.counts["prompt_tokens"] += c.prompt_tokens or 0
+        self.counts["completion_tokens"] += done_t
+        self.counts["cost_microdollars"] += round(
+            models.cost(self.asker.prices, prompt_t, done_t) * 1e6
+        )
+        self.counts["batch_cost_microdollars"] += round(
+            models.cost(self.batch_prices, prompt_t, done_t) * 1e6
+        )
+        try:
+            extra = self.asker.parse(c.content)
+        except structured.AnswerError as exc:
+            yield from self._finish(
+                group,
+                c.response_id,
+                "invalid_answer",
+                sanitize.text(self.asker.invalid_message(exc, 1)),
+                200,
+                "response",
+            )
+            return
+        group.done = True
+        result = vision_api.CallResult(attempts=1, http_status=200)
+        now = _now()
+        for i, ref in enumerate(group.refs):
+            columns = answer_columns(group.image, result, c, self.cfg, _keyed(ref, group), extra)
+            yield DESCRIPTIONS, description_row(ref, columns, i == 0, now)
+
+
+def _keyed(ref: dict, group: _Group) -> dict:
+    return ref if "request_key" in ref else {**ref, "request_key": group.refs[0]["request_key"]}
+
+
+def _log_progress(record: BatchRecord) -> None:
+    c = record.counts or {}
+    _LOGGER.info(
+        "batch %s: %s, %d of %d requests done, %d failed",
+        record.batch_id or record.key,
+        record.state,
+        c.get("completed", 0),
+        c.get("total", record.lines),
+        c.get("failed", 0),
+    )
