@@ -246,13 +246,12 @@ def run_job(source: Path, model: str, endpoint: Endpoint) -> dict:
 def one_photo(source: Path, model: str, repeat: int) -> dict:
     """The job's preparation of one 12 MP photo: CPU ms on one thread and the body's bytes."""
     from transforms.core import describe_config
-    from transforms.core.api import client as vision_api
     from transforms.core.images import loader as images
     from transforms.core.question import models
     from transforms.core.request_builder import RequestBuilder
 
     cfg = describe_config.DescribeConfig(
-        api_base="http://127.0.0.1:9/v1", chat=vision_api.ChatConfig(model=model)
+        api_base="http://127.0.0.1:9/v1", chat=describe_config.ChatConfig(model=model)
     )
     loader = images.ImageLoader(describe_config.image_options(cfg, models.spec_for(model)))
     asker = RequestBuilder(cfg)

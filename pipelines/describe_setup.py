@@ -24,9 +24,10 @@ from pipelines.batch_setup import validate_batch
 from pipelines.describe_options import LOCAL, TABLE_SPEC, DescribeImagesOptions
 from pipelines.describe_options import flag as parse_flag
 from transforms import describe_images as di
-from transforms.core.api import client as vision_api
 from transforms.core.api import shared_limit
 from transforms.core.api.ratelimit import worker_count_share, worker_share
+from transforms.core.api.retry import RetryPolicy
+from transforms.core.describe_config import ChatConfig
 from transforms.core.guards import netguard, secrets
 from transforms.core.images import loader as images
 from transforms.core.question import models, prompts
@@ -280,7 +281,7 @@ def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfi
         api_base=api_base,
         api_key_env=None if local else opts.api_key_env,
         api_key_secret=None if local else opts.api_key_secret,
-        chat=vision_api.ChatConfig(
+        chat=ChatConfig(
             model=opts.model,
             prompt=opts.prompt,
             system_prompt=opts.system_prompt,
@@ -297,7 +298,7 @@ def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfi
                 str(n) for n in netguard.parse_networks(opts.allow_image_networks)
             ),
         ),
-        retry=vision_api.RetryPolicy(max_retries=opts.max_retries, backoff_base=opts.retry_backoff),
+        retry=RetryPolicy(max_retries=opts.max_retries, backoff_base=opts.retry_backoff),
         max_concurrency=opts.max_concurrency,
         request_timeout=opts.request_timeout,
         requests_per_minute=worker_share(opts.requests_per_minute, workers),

@@ -20,7 +20,9 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.core import describe_config, request_builder
 from transforms.core.api import client as vision_api
+from transforms.core.api.retry import RetryPolicy
 from transforms.core.guards import secrets
 from transforms.read_existing_keys import bigquery_client
 
@@ -60,7 +62,7 @@ def _tiny_png() -> str:
 
 def check_model_answers(
     api_base: str,
-    chat: vision_api.ChatConfig,
+    chat: describe_config.ChatConfig,
     api_key_env: str | None,
     api_key_secret: str | None,
     timeout: float,
@@ -76,15 +78,15 @@ def check_model_answers(
             api_base,
             timeout=timeout,
             secrets=(key,) if key else (),
-            retry=vision_api.RetryPolicy(max_retries=2, backoff_base=0.5, max_retry_after=10),
+            retry=RetryPolicy(max_retries=2, backoff_base=0.5, max_retry_after=10),
         )
-        probe = vision_api.ChatConfig(
+        probe = describe_config.ChatConfig(
             model=chat.model,
             prompt="Reply with one word.",
             max_tokens=1,
             detail="low" if chat.detail == "low" else "auto",
         )
-        result = client.complete(vision_api.build_request(_tiny_png(), probe))
+        result = client.complete(request_builder.build_request(_tiny_png(), probe))
     finally:
         session.close()
     if result.ok:

@@ -27,7 +27,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from schemas import rows as schema
 from transforms import describe_images as di
-from transforms.core.api import client as vision_api
+from transforms.core import describe_config
+from transforms.core.api.retry import RetryPolicy
 from transforms.core.images import loader as images
 from transforms.read_image_refs import to_ref
 
@@ -74,7 +75,7 @@ class DescribeImageRows(beam.PTransform):
             api_base=api_base,
             api_key_env=api_key_env,
             api_key_secret=api_key_secret,
-            chat=vision_api.ChatConfig(
+            chat=describe_config.ChatConfig(
                 model=model,
                 prompt=prompt,
                 system_prompt=system_prompt,
@@ -82,7 +83,7 @@ class DescribeImageRows(beam.PTransform):
                 detail=detail,
             ),
             image=images.ImageOptions(max_side=int(max_image_side)),
-            retry=vision_api.RetryPolicy(max_retries=int(max_retries)),
+            retry=RetryPolicy(max_retries=int(max_retries)),
             max_concurrency=int(max_concurrency),
             request_timeout=float(request_timeout),
             requests_per_minute=float(requests_per_minute),

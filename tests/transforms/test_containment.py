@@ -16,7 +16,7 @@ from transforms import describe_images as di
 from transforms.core.api import client as vision_api
 from transforms.core.images import loader as images
 from transforms.core.online import worker as describer
-from transforms.core.question import output_schema as structured
+from transforms.core.question import answers
 from transforms.plan_requests import PlanRequests
 
 VICTIM = "id-3"
@@ -99,7 +99,7 @@ def test_an_exception_while_parsing_the_answer_fails_only_its_row(tmp_path, monk
             raise Boom("parser bug")
         return {"label": "x"}
 
-    monkeypatch.setattr(structured, "parse_answer", parse_answer)
+    monkeypatch.setattr(answers, "parse_answer", parse_answer)
     with RecordingApi() as api:
         cfg = config(api, max_concurrency=1, output_schema="label STRING", run_id=uuid.uuid4().hex)
         described, failed = run_fn(di.DescribeImagesFn(cfg), [refs])

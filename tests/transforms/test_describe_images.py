@@ -14,13 +14,11 @@ from schemas import rows as schema
 from tests.support import images as timg
 from tests.support.fake_api import FaultPlan, RecordingApi
 from transforms import describe_images as di
-from transforms.core.api import client as vision_api
+from transforms.core.api.retry import RetryPolicy
 
 
 def config(api, **kw):
-    kw.setdefault(
-        "retry", vision_api.RetryPolicy(max_retries=3, backoff_base=0.01, backoff_max=0.05)
-    )
+    kw.setdefault("retry", RetryPolicy(max_retries=3, backoff_base=0.01, backoff_max=0.05))
     kw.setdefault("request_timeout", 5.0)
     return di.DescribeConfig(api_base=api.base_url, api_key_env="VE_TEST_KEY", **kw)
 

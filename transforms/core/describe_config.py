@@ -11,16 +11,28 @@ from typing import Any
 
 from schemas import rows as schema
 from transforms.core import ledger
-from transforms.core.api import client as vision_api
+from transforms.core.api.retry import RetryPolicy
 from transforms.core.images import loader as images
 from transforms.core.images import sizes as image_sizes
 from transforms.core.question import models, prompts
 from transforms.core.question import output_schema as structured
+from transforms.core.question.answers import GUARD_FIELDS
 
 NAMESPACE = "vision_enrich"
 DESCRIPTIONS = "descriptions"
 FAILURES = "failures"
 RESERVED_COLUMNS = tuple(schema.DESCRIPTION_COLUMNS) + ("is_safe", "categories")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatConfig:
+    """What is asked of the model, the same for every image of a job."""
+
+    model: str = "gpt-4o"
+    prompt: str = "What's in this image?"
+    system_prompt: str | None = None
+    max_tokens: int = 300
+    detail: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +42,9 @@ class DescribeConfig:
     api_base: str
     api_key_env: str | None = "AIMLAPI_API_KEY"  # None: send no Authorization header
     api_key_secret: str | None = None  # a Secret Manager version; wins over api_key_env
-    chat: vision_api.ChatConfig = vision_api.ChatConfig()
+    chat: ChatConfig = ChatConfig()
     image: images.ImageOptions = images.ImageOptions()
-    retry: vision_api.RetryPolicy = vision_api.RetryPolicy()
+    retry: RetryPolicy = RetryPolicy()
     max_concurrency: int = 8
     request_timeout: float = 60.0
     requests_per_minute: float = 0.0  # this worker process's share of the job's budget
@@ -94,7 +106,7 @@ def extra_fields(cfg: DescribeConfig) -> tuple:
     """Columns a job adds to its description rows: the structured answer's, or a moderation
     model's verdict (``is_safe``, ``categories``)."""
     if models.spec_for(cfg.chat.model).moderation:
-        return structured.GUARD_FIELDS
+        return GUARD_FIELDS
     if cfg.output_schema:
         return structured.parse_output_schema(cfg.output_schema, RESERVED_COLUMNS).fields
     return ()

@@ -15,11 +15,40 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from transforms.core.api import client as vision_api
-from transforms.core.describe_config import DescribeConfig, question, scaled_size, sent_instructions
+from transforms.core.describe_config import (
+    ChatConfig,
+    DescribeConfig,
+    question,
+    scaled_size,
+    sent_instructions,
+)
 from transforms.core.images import loader as images
-from transforms.core.question import models
+from transforms.core.question import answers, models
 from transforms.core.question import output_schema as structured
+
+
+def build_request(
+    image_url: str,
+    cfg: ChatConfig,
+    *,
+    prompt: str | None = None,
+    json_schema: dict[str, Any] | None = None,
+    schema_instructions: str | None = None,
+) -> dict[str, Any]:
+    """The request body for one image, shaped for ``cfg.model`` by ``models.build_request``:
+    one user message with a text part (``prompt``, else ``cfg.prompt``) and an ``image_url``
+    part, as in AI/ML API's and OpenAI's vision examples; ``detail``, the system prompt and
+    ``json_schema`` are sent the way the model's family accepts them."""
+    return models.build_request(
+        models.spec_for(cfg.model),
+        image_url,
+        prompt=prompt if prompt is not None else cfg.prompt,
+        system_prompt=cfg.system_prompt,
+        max_tokens=cfg.max_tokens,
+        detail=cfg.detail,
+        json_schema=json_schema,
+        schema_instructions=schema_instructions,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +88,7 @@ class RequestBuilder:
         return estimate, bound, models.cost(self.prices, estimate, bound)
 
     def body(self, prepared: images.PreparedImage, prompt: str) -> dict[str, Any]:
-        return vision_api.build_request(
+        return build_request(
             prepared.url,
             self.cfg.chat,
             prompt=prompt,
@@ -77,9 +106,9 @@ class RequestBuilder:
         """The answer's extra columns; raises ``structured.AnswerError`` when it does not
         validate (the schema's, or a Llama Guard verdict)."""
         if self.spec.moderation:
-            return structured.parse_guard_answer(content)
+            return answers.parse_guard_answer(content)
         if self.schema is not None:
-            return structured.parse_answer(self.schema, content)
+            return answers.parse_answer(self.schema, content)
         return {}
 
     def invalid_message(self, exc: Exception, requests: int) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from schemas import rows as schema
 from transforms.core.api import client as vision_api
+from transforms.core.api import responses
 from transforms.core.describe_config import DescribeConfig
 from transforms.core.guards import sanitize
 from transforms.core.images import loader as images
@@ -25,7 +26,7 @@ def _now() -> dt.datetime:
 def answer_columns(
     prepared: images.PreparedImage,
     result: vision_api.CallResult,
-    c: vision_api.Completion,
+    c: responses.Completion,
     cfg: DescribeConfig,
     ref: dict[str, Any],
     extra: dict[str, Any],

@@ -2,11 +2,11 @@
 
 It builds the request body (one user message with a text part and an ``image_url`` part, plus
 ``max_tokens``), sends it on a caller-owned ``requests.Session``, retries *this request* when the
-outcome is worth retrying, and hands the answer to ``api_responses``, which parses the completion,
+outcome is worth retrying, and hands the answer to ``api.responses``, which parses the completion,
 the usage block and both error-body shapes seen in the wild (OpenAI's ``{"error": {...}}`` and
-AI/ML API's ``{"message", "statusCode", "requestId", ...}``) and makes every value safe. The names
-of ``api_responses`` that callers use (``Completion``, ``parse_completion``, ...) are re-exported
-here.
+AI/ML API's ``{"message", "statusCode", "requestId", ...}``) and makes every value safe. How long
+to wait between attempts is ``api.retry.RetryPolicy`` (shared with the batch transport). The
+request body is ``request_builder.build_request``'s.
 
 Every attempt has a wall-clock deadline, ``timeout`` (``--request_timeout``), from the moment it
 is sent: connecting, waiting for the headers and reading the body all fit in it, so a server that
@@ -43,8 +43,10 @@ is returned as the model wrote it (valid UTF-8): rows are redacted where they ar
 Run it by hand::
 
     python -c "import requests; from transforms.core.api import client as v; \
+      from transforms.core.describe_config import ChatConfig; \
+      from transforms.core.request_builder import build_request; \
       c = v.VisionClient(requests.Session(), 'http://127.0.0.1:8000/v1'); \
-      print(c.complete(v.build_request('https://example.org/cat.jpg', v.ChatConfig())))"
+      print(c.complete(build_request('https://example.org/cat.jpg', ChatConfig())))"
 """
 
 from __future__ import annotations
@@ -65,16 +67,14 @@ import requests
 from transforms.core.api import responses as api_responses
 from transforms.core.api.backpressure import Controller
 from transforms.core.api.ratelimit import RateLimiter
-from transforms.core.api.responses import RETRYABLE_STATUSES as RETRYABLE_STATUSES
-from transforms.core.api.responses import Completion as Completion
-from transforms.core.api.responses import ResponseError as ResponseError
-from transforms.core.api.responses import is_retryable_status as is_retryable_status
-from transforms.core.api.responses import parse_completion as parse_completion
-from transforms.core.api.responses import parse_error_body as parse_error_body
-from transforms.core.api.responses import parse_retry_after as parse_retry_after
-from transforms.core.api.responses import request_id as request_id
+from transforms.core.api.responses import (
+    Completion,
+    ResponseError,
+    parse_completion,
+    parse_retry_after,
+)
+from transforms.core.api.retry import RetryPolicy
 from transforms.core.guards import content_coding, deadline, sanitize
-from transforms.core.question import models
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -84,55 +84,12 @@ DETAILS = ("auto", "low", "high")
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # no chat completion is near this; a body past it is junk
 
 
-@dataclasses.dataclass(frozen=True)
-class ChatConfig:
-    """What is asked of the model, the same for every image of a job."""
-
-    model: str = "gpt-4o"
-    prompt: str = "What's in this image?"
-    system_prompt: str | None = None
-    max_tokens: int = 300
-    detail: str = "auto"
-
-
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
-    max_retries: int = 5
-    backoff_base: float = 1.0  # seconds; the n-th retry waits up to base * 2**n
-    backoff_max: float = 60.0
-    max_retry_after: float = 600.0  # longest server-requested wait we honour
-
-
 def chat_completions_url(api_base: str) -> str:
     """``https://api.aimlapi.com/v1`` -> ``https://api.aimlapi.com/v1/chat/completions``."""
     base = api_base.rstrip("/")
     if base.endswith("/chat/completions"):
         return base
     return base + "/chat/completions"
-
-
-def build_request(
-    image_url: str,
-    cfg: ChatConfig,
-    *,
-    prompt: str | None = None,
-    json_schema: dict[str, Any] | None = None,
-    schema_instructions: str | None = None,
-) -> dict[str, Any]:
-    """The request body for one image, shaped for ``cfg.model`` by ``models.build_request``:
-    one user message with a text part (``prompt``, else ``cfg.prompt``) and an ``image_url``
-    part, as in AI/ML API's and OpenAI's vision examples; ``detail``, the system prompt and
-    ``json_schema`` are sent the way the model's family accepts them."""
-    return models.build_request(
-        models.spec_for(cfg.model),
-        image_url,
-        prompt=prompt if prompt is not None else cfg.prompt,
-        system_prompt=cfg.system_prompt,
-        max_tokens=cfg.max_tokens,
-        detail=cfg.detail,
-        json_schema=json_schema,
-        schema_instructions=schema_instructions,
-    )
 
 
 @dataclasses.dataclass
@@ -220,15 +177,8 @@ class VisionClient:
         self._rng = rng or random.Random()
 
     def backoff(self, retry_number: int, retry_after: float | None) -> float:
-        """Wait before retry ``retry_number`` (1-based): full jitter, never under Retry-After."""
-        cap = min(self.retry.backoff_max, self.retry.backoff_base * 2 ** (retry_number - 1))
-        delay = self._rng.uniform(0.5 * cap, cap)
-        if retry_after is not None:
-            honoured = min(retry_after, self.retry.max_retry_after)
-            # a little spread after the requested instant so that the threads told the same
-            # Retry-After do not all come back in the same millisecond
-            delay = honoured + self._rng.uniform(0.0, min(1.0, 0.1 * honoured + 0.05))
-        return delay
+        """Wait before retry ``retry_number`` (1-based), by the client's ``RetryPolicy``."""
+        return self.retry.delay(retry_number, retry_after, self._rng)
 
     def complete(self, body: dict[str, Any], estimated_tokens: int = 0) -> CallResult:
         result = CallResult()

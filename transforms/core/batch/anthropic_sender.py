@@ -33,15 +33,8 @@ from typing import Any
 import requests
 
 from transforms.core.api import responses as api_responses
-from transforms.core.batch.records import (
-    BatchHttp,
-    BatchHttpError,
-    BatchRecord,
-    LineOutcome,
-    StreamBody,
-    message_of,
-    sanitized_id,
-)
+from transforms.core.batch.records import BatchRecord, LineOutcome, message_of, sanitized_id
+from transforms.core.batch.transport import BatchHttp, BatchHttpError, StreamBody
 
 _LOGGER = logging.getLogger(__name__)
 

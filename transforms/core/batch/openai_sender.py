@@ -19,16 +19,8 @@ import uuid
 from collections.abc import Callable, Iterator
 
 from transforms.core.api import responses as api_responses
-from transforms.core.batch.records import (
-    BatchHttp,
-    BatchHttpError,
-    BatchRecord,
-    LineOutcome,
-    StreamBody,
-    message_of,
-    safe,
-    sanitized_id,
-)
+from transforms.core.batch.records import BatchRecord, LineOutcome, message_of, safe, sanitized_id
+from transforms.core.batch.transport import BatchHttp, BatchHttpError, StreamBody
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -45,13 +45,12 @@ from transforms.core.batch.manifest import Manifest
 from transforms.core.batch.openai_sender import OpenAIBatches
 from transforms.core.batch.records import (
     BatchConfig,
-    BatchHttp,
-    BatchHttpError,
     BatchRecord,
     LineOutcome,
     chunk_key,
     custom_id,
 )
+from transforms.core.batch.transport import BatchHttp, BatchHttpError
 from transforms.core.describe_config import (
     DESCRIPTIONS,
     FAILURES,
@@ -62,8 +61,7 @@ from transforms.core.describe_config import (
 from transforms.core.guards import netguard, sanitize, secrets
 from transforms.core.images import loader as images
 from transforms.core.images import sources
-from transforms.core.question import models, prompts
-from transforms.core.question import output_schema as structured
+from transforms.core.question import answers, models, prompts
 from transforms.core.request_builder import RequestBuilder
 from transforms.core.row_builders import (
     _now,
@@ -166,8 +164,7 @@ class BatchShard:
         self.http = BatchHttp(
             self.session,
             timeout=cfg.request_timeout,
-            max_retries=cfg.retry.max_retries,
-            backoff_base=cfg.retry.backoff_base,
+            retry=cfg.retry,
             sleep=sleep,
         )
         self.sender = make_sender(bcfg, self.http, cfg.api_base)
@@ -477,7 +474,7 @@ class BatchShard:
         )
         try:
             extra = self.asker.parse(c.content)
-        except structured.AnswerError as exc:
+        except answers.AnswerError as exc:
             yield from self._finish(
                 group,
                 c.response_id,

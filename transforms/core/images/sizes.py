@@ -1,4 +1,6 @@
 """The size at which each provider looks at an image, and what that costs in tokens. No Beam import.
+(Also the shared pieces of the token estimates: OpenAI's tile formula and the rough text count
+that ``question.models``' per-family estimates and the offline endpoint's usage block use.)
 
 Providers scale an image before their model sees it; the pixels above that size are uploaded,
 decoded and paid for in CPU by us, and thrown away by them. ``model_view`` is the size the model
@@ -173,3 +175,18 @@ def sent_size(
     if max_side:
         view = fit(*view, max_side, max_side)
     return view
+
+
+# -- token estimates' shared pieces (models' estimates, the offline endpoint's usage block) --
+def openai_image_tokens(width: int, height: int, detail: str = "auto") -> int:
+    """Image tokens by OpenAI's published tile formula for gpt-4o-class models: ``low`` is 85;
+    otherwise fit within 2048x2048, scale the short side down to 768, and count 85 + 170 per
+    512-px tile."""
+    if detail == "low":
+        return OPENAI_BASE
+    return OPENAI_BASE + OPENAI_TILE * openai_tiles(width, height)
+
+
+def text_tokens(text: str | None) -> int:
+    """A rough count (about four characters a token); good enough for budgeting."""
+    return max(1, math.ceil(len(text) / 4)) if text else 0

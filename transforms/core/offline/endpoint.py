@@ -34,7 +34,7 @@ from typing import Any
 
 import requests
 
-from transforms.core.images import tokens
+from transforms.core.images import sizes as tokens
 from transforms.core.offline import analyzer as image_analyzer
 from transforms.core.offline import batches as local_batches
 from transforms.core.question import models

@@ -30,7 +30,7 @@ from transforms.core.images import loader as images
 from transforms.core.images import sources
 from transforms.core.online.prepare_ahead import PrepareAhead, Staged
 from transforms.core.question import models, prompts
-from transforms.core.question import output_schema as structured
+from transforms.core.question.answers import AnswerError
 from transforms.core.request_builder import RequestBuilder
 from transforms.core.row_builders import (
     _now,
@@ -350,7 +350,7 @@ class Worker:
                 )
                 try:
                     columns = self._parse(c.content)
-                except structured.AnswerError as exc:
+                except AnswerError as exc:
                     if attempt == 1:
                         _LOGGER.info(
                             "answer for %s did not validate, asking once more: %s",

@@ -28,7 +28,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from transforms.core.images import sizes as image_sizes
-from transforms.core.images import tokens
 
 FAMILIES = ("openai", "anthropic", "google", "meta", "minimax")
 RESPONSE_FORMATS = ("json_schema", "json_object", None)
@@ -288,9 +287,9 @@ def estimate_tokens(
     else:
         image = image_tokens(spec, _UNKNOWN_SIDE, _UNKNOWN_SIDE, detail)
     text = (
-        tokens.text_tokens(prompt)
-        + tokens.text_tokens(system_prompt)
-        + tokens.text_tokens(extra_text)
+        image_sizes.text_tokens(prompt)
+        + image_sizes.text_tokens(system_prompt)
+        + image_sizes.text_tokens(extra_text)
         + _MESSAGE_OVERHEAD
     )
     return image, text, max_tokens

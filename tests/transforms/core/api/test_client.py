@@ -11,8 +11,11 @@ import requests
 
 from tests.support.fake_api import FaultPlan, RecordingApi
 from tests.support.openapi import request_errors
+from transforms.core import describe_config, request_builder
 from transforms.core.api import client as v
+from transforms.core.api import responses
 from transforms.core.api.backpressure import Controller
+from transforms.core.api.retry import RetryPolicy
 from transforms.core.offline.endpoint import Fault
 
 DATA_URL = "data:image/png;base64,iVBORw0KGgo="
@@ -25,14 +28,14 @@ DATA_URL = "data:image/png;base64,iVBORw0KGgo="
     "model,takes_detail", [("claude-3-5-sonnet-20241022", False), ("gpt-4o", True)]
 )
 def test_request_validates_against_official_schema(detail, system_prompt, model, takes_detail):
-    cfg = v.ChatConfig(
+    cfg = describe_config.ChatConfig(
         model=model,
         prompt="Describe it.",
         system_prompt=system_prompt,
         max_tokens=123,
         detail=detail,
     )
-    body = v.build_request(DATA_URL, cfg)
+    body = request_builder.build_request(DATA_URL, cfg)
     assert request_errors(body) == []
     user = body["messages"][-1]
     assert user["role"] == "user"
@@ -45,14 +48,14 @@ def test_request_validates_against_official_schema(detail, system_prompt, model,
 
 
 def test_schema_validator_catches_a_wrong_body():
-    body = v.build_request(DATA_URL, v.ChatConfig())
+    body = request_builder.build_request(DATA_URL, describe_config.ChatConfig())
     body["messages"][0]["content"][1]["image_url"]["detail"] = "ultra"
     body["max_tokens"] = "300"
     assert len(request_errors(body)) >= 2
 
 
 def test_seed_request_shape():
-    assert v.build_request("https://x/y.jpg", v.ChatConfig()) == {
+    assert request_builder.build_request("https://x/y.jpg", describe_config.ChatConfig()) == {
         "model": "gpt-4o",
         "messages": [
             {
@@ -81,7 +84,7 @@ def test_chat_completions_url(base):
 
 # -- parsing ---------------------------------------------------------------------------------
 def test_parse_completion():
-    c = v.parse_completion(
+    c = responses.parse_completion(
         {
             "id": "chatcmpl-1",
             "model": "gpt-4o-2024-08-06",
@@ -100,7 +103,7 @@ def test_parse_completion():
 
 
 def test_parse_completion_with_content_parts_and_no_usage():
-    c = v.parse_completion(
+    c = responses.parse_completion(
         {
             "choices": [
                 {
@@ -131,13 +134,13 @@ def test_parse_completion_with_content_parts_and_no_usage():
     ],
 )
 def test_parse_completion_rejects(payload, kind):
-    with pytest.raises(v.ResponseError) as info:
-        v.parse_completion(payload)
+    with pytest.raises(responses.ResponseError) as info:
+        responses.parse_completion(payload)
     assert info.value.error_type == kind
 
 
 def test_parse_error_body_openai_shape():
-    assert v.parse_error_body(
+    assert responses.parse_error_body(
         {
             "error": {
                 "message": "Invalid image",
@@ -156,13 +159,13 @@ def test_parse_error_body_aimlapi_shape():
         "statusCode": 403,
         "timestamp": "2026-11-24T00:00:00Z",
     }
-    assert v.parse_error_body(body) == ("Free-tier limit exhausted", None, "abc-123")
+    assert responses.parse_error_body(body) == ("Free-tier limit exhausted", None, "abc-123")
     nest = {
         "statusCode": 400,
         "message": ["model must be a string", "max_tokens too big"],
         "error": "Bad Request",
     }
-    assert v.parse_error_body(nest) == (
+    assert responses.parse_error_body(nest) == (
         "model must be a string; max_tokens too big",
         "Bad Request",
         None,
@@ -190,20 +193,20 @@ def test_parse_error_body_aimlapi_shape():
     ],
 )
 def test_is_retryable_status(status, retry):
-    assert v.is_retryable_status(status) is retry
+    assert responses.is_retryable_status(status) is retry
 
 
 def test_parse_retry_after_forms():
     now = 1_800_000_000.0
-    assert v.parse_retry_after({"Retry-After": "7"}, now) == 7.0
-    assert v.parse_retry_after({"retry-after": "0.5"}, now) == 0.5
+    assert responses.parse_retry_after({"Retry-After": "7"}, now) == 7.0
+    assert responses.parse_retry_after({"retry-after": "0.5"}, now) == 0.5
     date = email.utils.formatdate(now + 30, usegmt=True)
-    assert v.parse_retry_after({"Retry-After": date}, now) == pytest.approx(30, abs=1)
-    assert v.parse_retry_after({"retry-after-ms": "1500", "Retry-After": "9"}, now) == 1.5
-    assert v.parse_retry_after({}, now) is None
-    assert v.parse_retry_after({"Retry-After": "soon"}, now) is None
+    assert responses.parse_retry_after({"Retry-After": date}, now) == pytest.approx(30, abs=1)
+    assert responses.parse_retry_after({"retry-after-ms": "1500", "Retry-After": "9"}, now) == 1.5
+    assert responses.parse_retry_after({}, now) is None
+    assert responses.parse_retry_after({"Retry-After": "soon"}, now) is None
     past = email.utils.formatdate(now - 30, usegmt=True)
-    assert v.parse_retry_after({"Retry-After": past}, now) == 0.0
+    assert responses.parse_retry_after({"Retry-After": past}, now) == 0.0
 
 
 def test_backoff_grows_exponentially_with_jitter_and_cap():
@@ -211,7 +214,7 @@ def test_backoff_grows_exponentially_with_jitter_and_cap():
         requests.Session(),
         "http://x/v1",
         rng=random.Random(1),
-        retry=v.RetryPolicy(backoff_base=1.0, backoff_max=8.0),
+        retry=RetryPolicy(backoff_base=1.0, backoff_max=8.0),
     )
     for n, cap in [(1, 1), (2, 2), (3, 4), (4, 8), (7, 8)]:
         waits = [client.backoff(n, None) for _ in range(200)]
@@ -224,19 +227,19 @@ def test_backoff_never_earlier_than_retry_after():
         requests.Session(),
         "http://x/v1",
         rng=random.Random(2),
-        retry=v.RetryPolicy(backoff_base=0.01),
+        retry=RetryPolicy(backoff_base=0.01),
     )
     assert all(client.backoff(1, 3.0) >= 3.0 for _ in range(200))
     assert all(client.backoff(5, 0.2) >= 0.2 for _ in range(200))
     capped = v.VisionClient(
-        requests.Session(), "http://x/v1", retry=v.RetryPolicy(max_retry_after=10)
+        requests.Session(), "http://x/v1", retry=RetryPolicy(max_retry_after=10)
     )
     assert 10 <= capped.backoff(1, 10_000) <= 11
 
 
 # -- round trips against the loopback endpoint -----------------------------------------------
 def _client(api, key="sk-test-123", **kw):
-    kw.setdefault("retry", v.RetryPolicy(max_retries=4, backoff_base=0.01, backoff_max=0.05))
+    kw.setdefault("retry", RetryPolicy(max_retries=4, backoff_base=0.01, backoff_max=0.05))
     kw.setdefault("timeout", 5.0)
     return v.VisionClient(v.new_session(key, 4), api.base_url, secrets=(key,), **kw)
 
@@ -246,8 +249,9 @@ def _body(seed=0):
 
     from tests.support.images import png
 
-    return v.build_request(
-        "data:image/png;base64," + base64.b64encode(png(seed)).decode(), v.ChatConfig()
+    return request_builder.build_request(
+        "data:image/png;base64," + base64.b64encode(png(seed)).decode(),
+        describe_config.ChatConfig(),
     )
 
 
@@ -327,9 +331,7 @@ def test_aimlapi_error_body_and_request_id_reach_the_result():
 
 def test_retries_exhausted_says_what_to_do():
     with RecordingApi(FaultPlan(script=["503"] * 10)) as api:
-        result = _client(api, retry=v.RetryPolicy(max_retries=2, backoff_base=0.01)).complete(
-            _body()
-        )
+        result = _client(api, retry=RetryPolicy(max_retries=2, backoff_base=0.01)).complete(_body())
     assert not result.ok and result.attempts == 3 and result.http_status == 503
     assert "gave up after 3 attempts" in result.error and "--max_retries" in result.error
 
@@ -342,9 +344,7 @@ def test_a_broken_200_is_paid_for_and_sent_again_once():
 
 def test_two_broken_200s_end_the_row_whatever_max_retries_says():
     with RecordingApi(FaultPlan(script=["broken_json"] * 5)) as api:
-        result = _client(api, retry=v.RetryPolicy(max_retries=5, backoff_base=0.01)).complete(
-            _body()
-        )
+        result = _client(api, retry=RetryPolicy(max_retries=5, backoff_base=0.01)).complete(_body())
     assert result.stage == "response" and result.error_type == "bad_json"
     assert result.attempts == 2 and result.paid_unread == 2  # never max_retries + 1 = 6
     assert "billed" in result.error and "not sent again" in result.error
@@ -385,7 +385,7 @@ def test_connection_refused_is_retried_then_reported():
     client = v.VisionClient(
         v.new_session("k", 1),
         "http://127.0.0.1:9/v1",
-        retry=v.RetryPolicy(max_retries=1, backoff_base=0.01),
+        retry=RetryPolicy(max_retries=1, backoff_base=0.01),
     )
     result = client.complete(_body())
     assert result.attempts == 2 and result.error_type == "connection"

@@ -11,9 +11,11 @@ import pytest
 
 from tests.support.fake_api import FaultPlan, RecordingApi, sha_answer
 from tests.support.images import png
+from transforms.core import describe_config, request_builder
 from transforms.core.api import client as v
 from transforms.core.api import responses as api_responses
 from transforms.core.api.ratelimit import RateLimiter
+from transforms.core.api.retry import RetryPolicy
 from transforms.core.guards import sanitize
 
 KEY = "sk-test-SECRET-0123456789abcdef"
@@ -27,15 +29,16 @@ def _no_registered_secrets():
 
 
 def _client(api, *, retries=0, timeout=5.0, secrets=(KEY,), **kw):
-    kw.setdefault("retry", v.RetryPolicy(max_retries=retries, backoff_base=0.01, backoff_max=0.05))
+    kw.setdefault("retry", RetryPolicy(max_retries=retries, backoff_base=0.01, backoff_max=0.05))
     return v.VisionClient(
         v.new_session(KEY, 2), api.base_url, timeout=timeout, secrets=secrets, **kw
     )
 
 
 def _body(seed=0):
-    return v.build_request(
-        "data:image/png;base64," + base64.b64encode(png(seed)).decode(), v.ChatConfig()
+    return request_builder.build_request(
+        "data:image/png;base64," + base64.b64encode(png(seed)).decode(),
+        describe_config.ChatConfig(),
     )
 
 
@@ -178,7 +181,7 @@ def test_huge_usage_becomes_none():
     ],
 )
 def test_token_counts_are_within_int64_and_not_negative(value, expected):
-    c = v.parse_completion(
+    c = api_responses.parse_completion(
         {"choices": [{"message": {"content": "A cat."}}], "usage": {"total_tokens": value}}
     )
     assert c.total_tokens == expected
@@ -186,7 +189,7 @@ def test_token_counts_are_within_int64_and_not_negative(value, expected):
 
 def test_every_string_of_a_completion_is_valid_and_capped():
     long_model = "m" * 10_000
-    c = v.parse_completion(
+    c = api_responses.parse_completion(
         {
             "id": "chatcmpl-\ud800" + "x" * 5_000,
             "model": long_model + "\udfff",
@@ -206,12 +209,12 @@ def test_json_integers_too_long_for_python_do_not_fail_the_body():
         + b"9" * 5_000
         + b"}}"
     )
-    c = v.parse_completion(api_responses.loads(content))
+    c = api_responses.parse_completion(api_responses.loads(content))
     assert c.content == "A cat." and c.prompt_tokens is None
 
 
 def test_content_parts_of_the_wrong_type_are_skipped():
-    c = v.parse_completion(
+    c = api_responses.parse_completion(
         {
             "choices": [
                 {
@@ -260,7 +263,7 @@ def test_key_echoed_as_request_id_is_redacted():
 
 def test_parsed_error_body_is_redacted_before_it_is_cut():
     filler = "x" * (api_responses.MAX_MESSAGE - 10)
-    message, code, rid = v.parse_error_body(
+    message, code, rid = api_responses.parse_error_body(
         {"error": {"message": filler + KEY + " more", "code": KEY}, "requestId": "r" + KEY},
         (KEY,),
     )
@@ -270,7 +273,7 @@ def test_parsed_error_body_is_redacted_before_it_is_cut():
 
 
 def test_error_body_that_is_not_an_object_is_redacted():
-    message, _, _ = v.parse_error_body(["y" * 195 + KEY], (KEY,))
+    message, _, _ = api_responses.parse_error_body(["y" * 195 + KEY], (KEY,))
     assert_no_key(message)
 
 
@@ -329,13 +332,13 @@ def test_gateway_429_retry_after_and_request_id_are_read():
     ],
 )
 def test_request_id_sources_in_order(headers, payload, expected):
-    assert v.request_id(headers, payload) == expected
+    assert api_responses.request_id(headers, payload) == expected
 
 
 def test_request_id_is_valid_capped_and_redacted():
-    rid = v.request_id({"x-request-id": "id-\udcff-" + "z" * 1_000})
+    rid = api_responses.request_id({"x-request-id": "id-\udcff-" + "z" * 1_000})
     assert _utf8(rid).startswith("id-\ufffd-") and len(rid) < 300
-    assert_no_key(v.request_id({"x-request-id": "q" * 195 + KEY}, secrets=(KEY,)))
+    assert_no_key(api_responses.request_id({"x-request-id": "q" * 195 + KEY}, secrets=(KEY,)))
 
 
 def test_successful_answer_carries_the_gateway_request_id():
@@ -379,14 +382,16 @@ NOW = 1_800_000_000.0
     ],
 )
 def test_parse_retry_after_absurd_values(headers, expected):
-    assert v.parse_retry_after(headers, NOW) == expected
+    assert api_responses.parse_retry_after(headers, NOW) == expected
 
 
 def test_parse_retry_after_cap_and_dates():
-    assert v.parse_retry_after({"Retry-After": "1e400"}, NOW, cap=10.0) == 10.0
-    assert v.parse_retry_after({"Retry-After": "700"}, NOW, cap=600.0) == 600.0
+    assert api_responses.parse_retry_after({"Retry-After": "1e400"}, NOW, cap=10.0) == 10.0
+    assert api_responses.parse_retry_after({"Retry-After": "700"}, NOW, cap=600.0) == 600.0
     date = email.utils.formatdate(NOW + 30, usegmt=True)
-    assert v.parse_retry_after({"llm_provider-retry-after": date}, NOW) == pytest.approx(30, abs=1)
+    assert api_responses.parse_retry_after(
+        {"llm_provider-retry-after": date}, NOW
+    ) == pytest.approx(30, abs=1)
 
 
 def test_absurd_retry_after_is_capped_by_the_policy():
@@ -402,7 +407,7 @@ def test_absurd_retry_after_is_capped_by_the_policy():
         client = v.VisionClient(
             v.new_session(KEY, 1),
             ep.base_url,
-            retry=v.RetryPolicy(max_retries=1, max_retry_after=0.5),
+            retry=RetryPolicy(max_retries=1, max_retry_after=0.5),
             sleep=waits.append,
         )
         result = client.complete(_body())

@@ -13,7 +13,8 @@ import requests
 
 from tests.support import images as timg
 from tests.support.fake_batch_api import FakeBatchApi
-from transforms.core.api import client as vision_api
+from transforms.core import describe_config, request_builder
+from transforms.core.api.retry import RetryPolicy
 from transforms.core.batch.anthropic_sender import (
     AnthropicBatches,
     to_params,
@@ -21,22 +22,16 @@ from transforms.core.batch.anthropic_sender import (
 )
 from transforms.core.batch.manifest import Manifest
 from transforms.core.batch.openai_sender import OpenAIBatches, parse_line
-from transforms.core.batch.records import (
-    BatchHttp,
-    BatchHttpError,
-    BatchRecord,
-    chunk_key,
-    custom_id,
-    resolve_protocol,
-)
+from transforms.core.batch.records import BatchRecord, chunk_key, custom_id, resolve_protocol
+from transforms.core.batch.transport import BatchHttp, BatchHttpError
 from transforms.core.offline.endpoint import ChatEndpoint
 from transforms.core.question import models
 
 
 def body_for(seed, model="gpt-4o", system=None):
     url = "data:image/png;base64," + base64.b64encode(timg.png(seed=seed)).decode()
-    cfg = vision_api.ChatConfig(model=model, system_prompt=system)
-    return vision_api.build_request(url, cfg, prompt="Describe it.")
+    cfg = describe_config.ChatConfig(model=model, system_prompt=system)
+    return request_builder.build_request(url, cfg, prompt="Describe it.")
 
 
 def write_chunk(tmp_path, sender, n, model="gpt-4o"):
@@ -107,7 +102,9 @@ def test_retries_5xx_and_429_on_upload_and_poll(tmp_path):
     with FakeBatchApi() as api:
         api.script["upload"] = [500, 429]
         api.script["poll"] = [503, 429]
-        http = BatchHttp(requests.Session(), backoff_base=0.01, sleep=waits.append)
+        http = BatchHttp(
+            requests.Session(), retry=RetryPolicy(backoff_base=0.01), sleep=waits.append
+        )
         sender = OpenAIBatches(http, api.base_url)
         path, ids = write_chunk(tmp_path, sender, 2)
         record, outcomes = run_batch(sender, path, ids, [])

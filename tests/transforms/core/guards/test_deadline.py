@@ -17,8 +17,10 @@ import zlib
 import pytest
 import requests
 
+from transforms.core import describe_config, request_builder
 from transforms.core.api import client as vision_api
-from transforms.core.batch import records as batch_protocol
+from transforms.core.api.retry import RetryPolicy
+from transforms.core.batch.transport import BatchHttp, BatchHttpError
 from transforms.core.guards import content_coding, deadline
 
 brotli = pytest.importorskip("brotli")
@@ -204,7 +206,9 @@ def _client(url, **kw):
 
 
 def _request():
-    return vision_api.build_request("data:image/png;base64,iVBORw0KGgo=", vision_api.ChatConfig())
+    return request_builder.build_request(
+        "data:image/png;base64,iVBORw0KGgo=", describe_config.ChatConfig()
+    )
 
 
 @pytest.mark.parametrize("codec", ["gzip", "br", "zstd", "deflate"])
@@ -222,7 +226,7 @@ def test_client_reads_compressed_answers_and_advertises_what_it_decodes(serve, c
 
 def test_a_200_that_does_not_decode_is_paid_and_sent_again_once(serve):
     server = serve(lambda: (200, {"Content-Encoding": "gzip"}, [b"garbage"], 0, False))
-    result = _client(server.url, retry=vision_api.RetryPolicy(max_retries=5)).complete(_request())
+    result = _client(server.url, retry=RetryPolicy(max_retries=5)).complete(_request())
     assert not result.ok and result.error_type == "bad_encoding" and result.stage == "response"
     assert result.attempts == 2 and result.paid_unread == 2 and len(server.requests) == 2
     assert "cannot be decoded" in result.error
@@ -245,7 +249,7 @@ def test_an_html_error_page_becomes_one_line_naming_status_and_sender(serve):
     wire = gzip.compress(page)
     headers = {"Content-Encoding": "gzip", "Content-Type": "text/html", "Server": "nginx/1.22.1"}
     server = serve(lambda: (502, headers, [wire], 0, False))
-    result = _client(server.url, retry=vision_api.RetryPolicy(max_retries=1)).complete(_request())
+    result = _client(server.url, retry=RetryPolicy(max_retries=1)).complete(_request())
     assert result.attempts == 2 and result.http_status == 502  # retried
     assert "HTTP 502" in result.error and "502 Bad Gateway" in result.error
     assert "nginx/1.22.1" in result.error and "<" not in result.error
@@ -255,7 +259,7 @@ def test_a_cdn_52x_page_is_retried_and_named(serve):
     page = b"<!DOCTYPE html><html><head><title>example.com | 524: A timeout occurred</title>"
     headers = {"Content-Type": "text/html; charset=UTF-8", "Server": "cloudflare", "CF-RAY": "1"}
     server = serve(lambda: (524, headers, [page], 0, False))
-    result = _client(server.url, retry=vision_api.RetryPolicy(max_retries=1)).complete(_request())
+    result = _client(server.url, retry=RetryPolicy(max_retries=1)).complete(_request())
     assert result.attempts == 2 and "524" in result.error and "cloudflare" in result.error
     assert "<" not in result.error
 
@@ -273,15 +277,15 @@ def test_a_413_page_is_final_and_says_what_to_lower(serve):
 def test_batch_transport_decodes_json_and_files(serve):
     lines = b"".join(json.dumps({"custom_id": f"ve-{i}"}).encode() + b"\n" for i in range(50))
     server = serve(lambda: (200, {"Content-Encoding": "gzip"}, [gzip.compress(lines)], 0, True))
-    http = batch_protocol.BatchHttp(vision_api.new_session("sk-x", 2, server.url), timeout=5)
+    http = BatchHttp(vision_api.new_session("sk-x", 2, server.url), timeout=5)
     content, _ = http.call("GET", server.url + "/files/f/content")
     assert content == lines
 
 
 def test_batch_transport_names_an_undecodable_2xx_with_its_status(serve):
     server = serve(lambda: (200, {"Content-Encoding": "br"}, [b"nope"], 0, False))
-    http = batch_protocol.BatchHttp(vision_api.new_session("sk-x", 2, server.url), timeout=5)
-    with pytest.raises(batch_protocol.BatchHttpError) as caught:
+    http = BatchHttp(vision_api.new_session("sk-x", 2, server.url), timeout=5)
+    with pytest.raises(BatchHttpError) as caught:
         http.json("POST", server.url + "/batches", {"input_file_id": "f"})
     assert caught.value.status == 200 and caught.value.error_type == "bad_encoding"
     assert len(server.requests) == 1  # never sent twice: the call took effect

@@ -17,8 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.support import images as timg
-from transforms.core.api import client as vision_api
-from transforms.core.describe_config import DescribeConfig, image_options
+from transforms.core.describe_config import ChatConfig, DescribeConfig, image_options
 from transforms.core.images import loader as images
 from transforms.core.images import sizes as image_sizes
 from transforms.core.offline import endpoint as local_endpoint
@@ -137,7 +136,7 @@ def _config(model_id: str, detail: str) -> DescribeConfig:
     return DescribeConfig(
         api_base="http://127.0.0.1:9/v1",
         api_key_env=None,
-        chat=vision_api.ChatConfig(model=model_id, detail=detail, prompt="Describe it."),
+        chat=ChatConfig(model=model_id, detail=detail, prompt="Describe it."),
         # no --max_image_side below the model's own side, so the original's tokens are the
         # measure (a smaller cap is the user's choice to pay for fewer pixels)
         image=images.ImageOptions(max_side=8192),

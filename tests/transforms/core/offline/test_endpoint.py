@@ -8,9 +8,10 @@ import pytest
 import requests
 
 from tests.support import images as timg
-from transforms.core.images import tokens as token_math
+from transforms.core.images import sizes as token_math
 from transforms.core.offline import analyzer as image_analyzer
 from transforms.core.offline.endpoint import ChatEndpoint
+from transforms.core.question.answers import parse_answer, parse_guard_answer
 
 
 def data_url(data, mime="image/png"):
@@ -165,7 +166,7 @@ def test_structured_requests_get_json_that_fits_the_schema(endpoint):
             "json_schema": {"name": "image_answer", "schema": schema.json_schema, "strict": True},
         },
     )
-    parsed = structured.parse_answer(schema, response.choices[0].message.content)
+    parsed = parse_answer(schema, response.choices[0].message.content)
     assert parsed["width"] == 451 and parsed["colours"] and "451x300" in parsed["caption"]
     assert json.loads(response.choices[0].message.content) == parsed
     guard = client.chat.completions.create(
@@ -173,7 +174,7 @@ def test_structured_requests_get_json_that_fits_the_schema(endpoint):
         max_tokens=20,
         messages=[{"role": "user", "content": content}],
     )
-    assert structured.parse_guard_answer(guard.choices[0].message.content) == {
+    assert parse_guard_answer(guard.choices[0].message.content) == {
         "is_safe": True,
         "categories": [],
     }

@@ -11,7 +11,7 @@ import pathlib
 import pytest
 
 from tests.support.openapi import request_errors
-from transforms.core.api import client as v
+from transforms.core import describe_config, request_builder
 from transforms.core.question import models
 
 REFERENCE = pathlib.Path(__file__).resolve().parents[4].parent / "shared/reference/vision-models.md"
@@ -209,14 +209,14 @@ def test_a_spec_with_max_completion_tokens_uses_that_field():
 
 # -- vision_api.build_request delegates ---------------------------------------------------------
 def test_vision_api_build_request_delegates_to_the_catalogue():
-    cfg = v.ChatConfig(
+    cfg = describe_config.ChatConfig(
         model="meta-llama/Llama-3.2-11B-Vision-Instruct-Turbo",
         prompt="ignored",
         system_prompt=SYSTEM,
         max_tokens=40,
         detail="high",
     )
-    body = v.build_request(
+    body = request_builder.build_request(
         DATA_URL, cfg, prompt=PROMPT, json_schema=SCHEMA, schema_instructions=INSTRUCTIONS
     )
     assert body == models.build_request(
@@ -230,9 +230,13 @@ def test_vision_api_build_request_delegates_to_the_catalogue():
         schema_instructions=INSTRUCTIONS,
     )
     assert body["messages"][0]["content"][0]["text"] == f"{SYSTEM}\n\n{PROMPT}\n\n{INSTRUCTIONS}"
-    default = v.build_request(DATA_URL, v.ChatConfig(model="gpt-4o", prompt="From the config."))
+    default = request_builder.build_request(
+        DATA_URL, describe_config.ChatConfig(model="gpt-4o", prompt="From the config.")
+    )
     assert default["messages"][0]["content"][0]["text"] == "From the config."
-    structured = v.build_request(DATA_URL, v.ChatConfig(), json_schema=SCHEMA)
+    structured = request_builder.build_request(
+        DATA_URL, describe_config.ChatConfig(), json_schema=SCHEMA
+    )
     assert structured["response_format"]["json_schema"]["schema"] == SCHEMA
 
 

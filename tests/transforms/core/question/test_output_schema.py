@@ -10,7 +10,14 @@ import pytest
 from schemas import rows
 from tests.support.openapi import validator as openapi_validator
 from transforms.core.question import output_schema as structured
-from transforms.core.question.output_schema import AnswerError, SchemaError
+from transforms.core.question.answers import (
+    GUARD_FIELDS,
+    LLAMA_GUARD_3_CATEGORIES,
+    AnswerError,
+    parse_answer,
+    parse_guard_answer,
+)
+from transforms.core.question.output_schema import SchemaError
 
 RESERVED = rows.DESCRIPTION_COLUMNS
 
@@ -46,7 +53,7 @@ def schema_error(text, reserved=RESERVED, **kwargs) -> str:
 
 def answer_error(schema, content) -> str:
     with pytest.raises(AnswerError) as info:
-        structured.parse_answer(schema, content)
+        parse_answer(schema, content)
     message = str(info.value)
     assert len(message) <= 500
     return message
@@ -235,7 +242,7 @@ def test_nullable_enum_admits_null():
         "type": ["string", "null"],
         "enum": ["S", "L", None],
     }
-    assert structured.parse_answer(schema, '{"size": null}') == {"size": None}
+    assert parse_answer(schema, '{"size": null}') == {"size": None}
 
 
 def test_json_schema_from_file(tmp_path):
@@ -439,7 +446,7 @@ def assert_typed_equal(got, expected):
 
 
 def test_plain_json(compact):
-    got = structured.parse_answer(compact, json.dumps(FULL))
+    got = parse_answer(compact, json.dumps(FULL))
     assert_typed_equal(got, TYPED)
     rows.check_row(compact.fields, got)
     rows.check_row(rows.description_fields(compact.fields), {**_builtin_row(), **got})
@@ -458,23 +465,23 @@ def test_plain_json(compact):
 )
 def test_json_in_fences_and_prose(compact, wrap):
     content = wrap.replace("OBJ", json.dumps(FULL))
-    assert_typed_equal(structured.parse_answer(compact, content), TYPED)
+    assert_typed_equal(parse_answer(compact, content), TYPED)
 
 
 def test_first_balanced_object_is_the_outer_one(compact):
     content = 'Answer: {"label": "x {y}", "count": 1} and then {"label": "second"}'
-    got = structured.parse_answer(compact, content)
+    got = parse_answer(compact, content)
     assert got["label"] == "x {y}" and got["count"] == 1
 
 
 def test_integer_valued_float_becomes_int(compact):
-    got = structured.parse_answer(compact, '{"count": 3.0, "sizes": [4.0]}')
+    got = parse_answer(compact, '{"count": 3.0, "sizes": [4.0]}')
     assert got["count"] == 3 and type(got["count"]) is int
     assert got["sizes"] == [4] and type(got["sizes"][0]) is int
 
 
 def test_missing_and_null_fields_are_none(compact):
-    got = structured.parse_answer(compact, '{"label": "x", "price": null, "tags": null}')
+    got = parse_answer(compact, '{"label": "x", "price": null, "tags": null}')
     assert got == {
         "label": "x",
         "count": None,
@@ -484,11 +491,11 @@ def test_missing_and_null_fields_are_none(compact):
         "sizes": None,
     }
     rows.check_row(compact.fields, got)
-    assert structured.parse_answer(compact, "{}") == dict.fromkeys(got)
+    assert parse_answer(compact, "{}") == dict.fromkeys(got)
 
 
 def test_empty_list_stays_a_list(compact):
-    assert structured.parse_answer(compact, '{"tags": []}')["tags"] == []
+    assert parse_answer(compact, '{"tags": []}')["tags"] == []
 
 
 @pytest.mark.parametrize(
@@ -551,7 +558,7 @@ def test_user_schema_rules_apply(user):
         "tags": ["a"],
         "sku": "ABC-12",
     }
-    got = structured.parse_answer(user, json.dumps(good))
+    got = parse_answer(user, json.dumps(good))
     assert got == good
     rows.check_row(user.fields, got)
     cases = {
@@ -567,7 +574,7 @@ def test_user_schema_rules_apply(user):
 
 
 def test_optional_user_properties_may_be_missing(user):
-    got = structured.parse_answer(user, '{"category": "drink", "count": 0}')
+    got = parse_answer(user, '{"category": "drink", "count": 0}')
     assert got == {
         "category": "drink",
         "count": 0,
@@ -579,7 +586,7 @@ def test_optional_user_properties_may_be_missing(user):
     rows.check_row(user.fields, got)
     # strict-mode models send every key, null for those the user left optional
     explicit = json.dumps({**dict.fromkeys(got), "category": "drink", "count": 0})
-    assert structured.parse_answer(user, explicit) == got
+    assert parse_answer(user, explicit) == got
 
 
 def _builtin_row():
@@ -593,7 +600,7 @@ def _builtin_row():
 
 
 def test_typed_answer_writes_to_arrow(compact):
-    got = structured.parse_answer(compact, json.dumps(FULL))
+    got = parse_answer(compact, json.dumps(FULL))
     table = pa.Table.from_pylist([got], schema=rows.to_pyarrow(compact.fields))
     assert table.to_pylist() == [TYPED]
 
@@ -613,9 +620,9 @@ def test_typed_answer_writes_to_arrow(compact):
     ],
 )
 def test_guard_answers(content, expected):
-    got = structured.parse_guard_answer(content)
+    got = parse_guard_answer(content)
     assert got == expected
-    rows.check_row(structured.GUARD_FIELDS, got)
+    rows.check_row(GUARD_FIELDS, got)
 
 
 @pytest.mark.parametrize(
@@ -631,18 +638,18 @@ def test_guard_answers(content, expected):
 )
 def test_guard_garbage(content, expected):
     with pytest.raises(AnswerError) as info:
-        structured.parse_guard_answer(content)
+        parse_guard_answer(content)
     assert expected in str(info.value)
 
 
 def test_guard_fields_and_categories():
-    assert [(f.name, f.type, f.nullable, f.repeated) for f in structured.GUARD_FIELDS] == [
+    assert [(f.name, f.type, f.nullable, f.repeated) for f in GUARD_FIELDS] == [
         ("is_safe", "BOOL", False, False),
         ("categories", "STRING", True, True),
     ]
-    assert list(structured.LLAMA_GUARD_3_CATEGORIES) == [f"S{i}" for i in range(1, 15)]
-    assert structured.LLAMA_GUARD_3_CATEGORIES["S10"] == "Hate"
-    assert structured.LLAMA_GUARD_3_CATEGORIES["S14"] == "Code Interpreter Abuse"
-    description = structured.GUARD_FIELDS[1].description
+    assert list(LLAMA_GUARD_3_CATEGORIES) == [f"S{i}" for i in range(1, 15)]
+    assert LLAMA_GUARD_3_CATEGORIES["S10"] == "Hate"
+    assert LLAMA_GUARD_3_CATEGORIES["S14"] == "Code Interpreter Abuse"
+    description = GUARD_FIELDS[1].description
     assert "S1 Violent Crimes" in description and "S14 Code Interpreter Abuse" in description
-    rows.description_fields(structured.GUARD_FIELDS)  # no clash with built-in columns
+    rows.description_fields(GUARD_FIELDS)  # no clash with built-in columns
