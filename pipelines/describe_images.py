@@ -31,11 +31,11 @@ from pipelines.describe_options import LOCAL, TABLE_SPEC, DescribeImagesOptions 
 from pipelines.describe_setup import (  # noqa: F401 (the job's public names)
     Derived,
     OptionsError,
-    _worker_processes,
     derived,
     describe_config,
     template_of,
     validate,
+    worker_processes,
 )
 from pipelines.summary import every_row_failed, format_dry_run, format_summary, summarize
 from schemas import rows as schema
@@ -93,7 +93,7 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions, api_base: str, bi
         estimates = requests | "EstimateRequests" >> EstimateRequests(cfg)
         return estimates, unplanned, skipped
     if opts.mode == "batch":
-        bcfg = batch_config(options, api_base, _worker_processes(options))
+        bcfg = batch_config(options, api_base, worker_processes(options))
         outputs = requests | "DescribeInBatches" >> DescribeInBatches(cfg, bcfg)
     else:
         outputs = requests | "DescribeImages" >> di.DescribeImages(cfg)

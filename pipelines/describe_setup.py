@@ -68,7 +68,7 @@ def derived(options: PipelineOptions) -> Derived:
     return found
 
 
-def _worker_processes(options: PipelineOptions) -> int:
+def worker_processes(options: PipelineOptions) -> int:
     split = options.view_as(DescribeImagesOptions).budget_split
     if split and split > 0:
         return split
@@ -275,7 +275,7 @@ def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfi
     opts = options.view_as(DescribeImagesOptions)
     d = derived(options)
     template = template_of(opts)
-    workers = _worker_processes(options)
+    workers = worker_processes(options)
     local = opts.api_base == LOCAL
     return di.DescribeConfig(
         api_base=api_base,

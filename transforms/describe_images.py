@@ -66,6 +66,12 @@ def acquire_worker(cfg: DescribeConfig) -> tuple[Worker, bool]:
         return entry[0], created
 
 
+def worker_held(cfg: DescribeConfig) -> bool:
+    """Whether this process holds a shared worker for ``cfg`` (released by the last teardown)."""
+    with _WORKERS_LOCK:
+        return cfg in _WORKERS
+
+
 def release_worker(cfg: DescribeConfig) -> None:
     with _WORKERS_LOCK:
         entry = _WORKERS.get(cfg)
@@ -116,7 +122,7 @@ class DescribeImagesFn(beam.DoFn):
       row, with the exception named and the stage it reached (``emit`` when the finished row
       itself was wrong); the rest of the bundle goes on. Every row leaves through
       ``row_builders``, where its values are made safe (UTF-8, INT64, caps, the key redacted).
-    Back-pressure (``backpressure.Controller``): each 429 waits its own Retry-After; the
+    Back-pressure (``api.backpressure.Controller``): each 429 waits its own Retry-After; the
     controller tells an account's limit (pace the process just under it) from a provider's noise
     (keep the pipe full); waits on a limit count in ``cumulativeThrottlingSeconds``.
     The error column says what to fix; the key never appears in it.

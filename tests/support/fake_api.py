@@ -101,7 +101,7 @@ ECHO_FILLER = 190  # characters before the key in echo_key_error's body
 
 @dataclasses.dataclass(frozen=True)
 class RawFault(Fault):
-    """A fault ``local_endpoint.Fault`` cannot express, served by ``_HostileHandler``.
+    """A fault ``offline.endpoint.Fault`` cannot express, served by ``_HostileHandler``.
 
     kind: 'raw' (answer ``status``, ``headers`` and exactly the bytes ``raw``, as
     ``content_type``), 'trickle' (``status`` and ``headers`` announcing ``length`` bytes, then

@@ -66,7 +66,7 @@ def test_dofn_setup_process_teardown(tmp_path, monkeypatch):
     with RecordingApi(latency=0.05) as api:
         fn = di.DescribeImagesFn(config(api, max_concurrency=4))
         described, failed = run_fn(fn, [refs[:10] + bad[:1], refs[10:] + bad[1:]])
-        assert fn._cfg not in di._WORKERS  # teardown released the session and threads
+        assert not di.worker_held(fn._cfg)  # teardown released the session and threads
     assert sorted(r["image_id"] for r in described) == sorted(digests)
     for row in described:
         schema.check_row(schema.DESCRIPTION_FIELDS, row)
@@ -93,9 +93,9 @@ def test_dofn_worker_is_shared_by_instances_in_a_process(tmp_path, monkeypatch):
         b.setup()
         assert a._worker is b._worker
         a.teardown()
-        assert cfg in di._WORKERS
+        assert di.worker_held(cfg)
         b.teardown()
-        assert cfg not in di._WORKERS
+        assert not di.worker_held(cfg)
 
 
 def test_batches_overlap_and_concurrency_is_bounded(tmp_path, monkeypatch):

@@ -85,7 +85,7 @@ def question(cfg: DescribeConfig):
 
 def plan_ref(ref: dict[str, Any], cfg: DescribeConfig, template, schema) -> dict[str, Any]:
     """The ref with its ``prompt`` and ``request_key`` (see ``ledger.request_key``); raises
-    ``prompts.PromptError`` when the prompt cannot be built from the row's columns."""
+    ``question.prompts.PromptError`` when the prompt cannot be built from the row's columns."""
     chat = cfg.chat
     prompt = template.render(ref.get("values") or {}) if template else chat.prompt
     planned = {k: v for k, v in ref.items() if k != "values"}
@@ -142,7 +142,7 @@ def image_options(cfg: DescribeConfig, spec: models.ModelSpec) -> images.ImageOp
 
 def scaled_size(width, height, max_side, spec: models.ModelSpec | None = None, detail="auto"):
     """The size an image is sent at: within ``max_side``, and with ``spec`` at the size its
-    model sees (``models.sent_size``). (None, None) when the size is unknown."""
+    model sees (``question.models.sent_size``). (None, None) when the size is unknown."""
     if not width or not height:
         return None, None
     if spec is not None:

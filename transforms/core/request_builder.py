@@ -2,7 +2,7 @@
 
 ``RequestBuilder`` holds a job's question (model spec, prompt template's output schema, prices)
 and turns one planned reference and its loaded image into a ``PreparedRequest``: the exact
-``chat/completions`` body (``models.build_request``: the catalogue's per-family shaping,
+``chat/completions`` body (``question.models.build_request``: the catalogue's per-family shaping,
 structured output, the prompt), its token estimate and its estimated cost. ``parse`` reads an
 answer back into the extra columns (``--output_schema`` or a Llama Guard verdict).
 
@@ -103,7 +103,7 @@ class RequestBuilder:
         return PreparedRequest(self.body(prepared, prompt), estimate, bound, estimated_cost)
 
     def parse(self, content: str) -> dict[str, Any]:
-        """The answer's extra columns; raises ``structured.AnswerError`` when it does not
+        """The answer's extra columns; raises ``question.answers.AnswerError`` when it does not
         validate (the schema's, or a Llama Guard verdict)."""
         if self.spec.moderation:
             return answers.parse_guard_answer(content)

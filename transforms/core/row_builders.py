@@ -1,9 +1,9 @@
 """The rows a describe job emits, made in one place: here every value from outside is made safe.
 
 ``description_row`` and ``failure_row`` build a row and pass it through ``sanitize.row`` (valid
-UTF-8, INT64 range, length caps, the key redacted), typed by ``schemas.rows``; ``checked``
-verifies a finished row against its declared columns, and ``internal_failure_rows`` is what any
-unexpected exception while handling a row becomes. No Beam import.
+UTF-8, INT64 range, length caps, the key redacted), typed by ``schemas.rows``;
+``internal_failure_rows`` is what any unexpected exception while handling a row becomes. Both
+drivers (``online.worker``, ``batch.shard``) make their rows here. No Beam import.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from transforms.core.guards import sanitize
 from transforms.core.images import loader as images
 
 
-def _now() -> dt.datetime:
+def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
@@ -68,7 +68,7 @@ def description_row(
         "image_uri": str(uri),
         **columns,
         "billed": billed,
-        "processed_at": now or _now(),
+        "processed_at": now or utc_now(),
     }
     # structured columns (--output_schema) may hold long text
     return sanitize.row(row, _DESCRIPTION_TYPES, _DESCRIPTION_LIMITS, default_limit=100_000)
@@ -97,7 +97,7 @@ def failure_row(
         "request_id": request_id,
         "attempts": attempts if isinstance(attempts, int) else 0,
         "requested_model": cfg.chat.model,
-        "failed_at": _now(),
+        "failed_at": utc_now(),
     }
     row = sanitize.row(row, _FAILURE_TYPES, _FAILURE_LIMITS)
     if row["attempts"] is None:
@@ -152,7 +152,7 @@ def internal_failure_rows(
                     "request_id": None,
                     "attempts": 0,
                     "requested_model": sanitize.text(getattr(cfg.chat, "model", "?")) or "?",
-                    "failed_at": _now(),
+                    "failed_at": utc_now(),
                 }
             )
     return rows
@@ -163,8 +163,3 @@ def _safe_str(value: Any) -> str | None:
         return sanitize.text(value, 2048)
     except Exception:
         return None
-
-
-def checked(fields, row: dict[str, Any]) -> None:
-    """Raise ValueError when ``row`` does not fit ``fields`` (what a writer would refuse)."""
-    schema.check_row(fields, row)

@@ -139,7 +139,7 @@ class VisionClient:
     """Sends chat completion requests on one shared ``requests.Session``. Thread-safe.
 
     Flow control, all optional and shared by the threads of a process: ``control``
-    (``backpressure.Controller``) bounds the requests in flight and tells a provider's limit
+    (``api.backpressure.Controller``) bounds the requests in flight and tells a provider's limit
     (slow the process) from its noise (retry that request only), ``limiter`` spaces
     requests to a per-minute budget and ``token_budget`` does the same for tokens (paid up
     front from an estimate, settled from the response's usage block).
@@ -482,7 +482,7 @@ def new_session(api_key: str | None, pool_size: int, url: str | None = None) -> 
     looks for a ~/.netrc on each call, which at hundreds of requests a second is a measurable
     share of the process. An https:// API is reached through a proxy by a CONNECT tunnel, so the
     key never crosses the proxy in clear. ``Accept-Encoding`` names only what
-    ``content_coding`` can decode.
+    ``guards.content_coding`` can decode.
     """
     session = requests.Session()
     if url is not None:

@@ -1,6 +1,6 @@
 """What a vision chat API answered, read and made safe. No Beam import.
 
-``vision_api`` sends; this module reads what came back: a chat completion (``parse_completion``),
+``api.client`` sends; this module reads what came back: a chat completion (``parse_completion``),
 both error-body shapes seen in the wild — OpenAI's ``{"error": {...}}`` and AI/ML API's
 ``{"message", "statusCode", "requestId", ...}`` (``parse_error_body``) — a non-200 as a whole
 (``http_error``), the server's ``Retry-After`` (``parse_retry_after``) and the request id a
@@ -9,7 +9,7 @@ provider or gateway echoes (``request_id``).
 Everything here comes from outside, so nothing leaves this module unmade-safe:
 
 - every string (answer, model, finish reason, ids, error messages and codes) is valid UTF-8
-  (``sanitize.valid_text``: JSON's ``"\\ud800"`` becomes U+FFFD) and capped;
+  (``guards.sanitize.valid_text``: JSON's ``"\\ud800"`` becomes U+FFFD) and capped;
 - every string but the answer is redacted *before* it is cut (``clean``), with the caller's
   secrets and the process's registered ones, and a key's fragment left at a cut edge is
   redacted too. The answer is returned as the model wrote it: rows are redacted where they are
@@ -96,7 +96,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 def clean(value: Any, limit: int | None = MAX_FIELD, secrets: Iterable[str] = ()) -> str | None:
-    """A safe string from outside (``sanitize.text``, with this client's ``secrets`` too):
+    """A safe string from outside (``guards.sanitize.text``, with this client's ``secrets`` too):
     valid UTF-8, redacted over the whole value before the cut, at most ``limit`` characters."""
     return sanitize.text(value, limit, extra=secrets)
 

@@ -45,7 +45,7 @@ def parse_descriptors(text: str | None, model: str) -> tuple[tuple[tuple[str, st
 
 class EnvoyLimit:
     """``acquire()`` blocks until the RLS allows one request; returns the seconds it waited (the
-    interface of ``ratelimit.RateLimiter``, so the API client takes either)."""
+    interface of ``api.ratelimit.RateLimiter``, so the API client takes either)."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Anthropic's Message Batches as a batch sender (see ``batch_protocol``). No Beam import.
+"""Anthropic's Message Batches as a batch sender (see ``batch.records``). No Beam import.
 
 A line is ``{"custom_id", "params"}``, ``params`` being Messages API params converted from the
 OpenAI-shaped body ``request_builder`` makes (``to_params``): the ``image_url`` data: URL becomes

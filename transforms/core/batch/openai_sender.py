@@ -1,4 +1,4 @@
-"""OpenAI's Batch API as a batch sender (see ``batch_protocol``). No Beam import.
+"""OpenAI's Batch API as a batch sender (see ``batch.records``). No Beam import.
 
 Lines are ``{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body"}`` with the body
 online mode would send. ``submit`` uploads the JSONL (``POST {base}/files``, multipart,

@@ -2,7 +2,7 @@
 
 ``BatchShard.run(refs)`` is what ``DescribeInBatchesFn`` drives for each shard:
 
-1. reads the manifest (``batch_manifest``): which custom_ids are already in a batch;
+1. reads the manifest (``batch.manifest``): which custom_ids are already in a batch;
 2. streams the shard's references: loads each image (rows that cannot be read or decoded fail
    here, exactly as online), asks ``request_builder`` for the body online mode would send, and
    names the line by ``custom_id`` (request key + image content). A line already in the manifest
@@ -38,7 +38,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from transforms.core import ledger
 from transforms.core.api import client as vision_api
 from transforms.core.batch.anthropic_sender import AnthropicBatches, use_anthropic_headers
 from transforms.core.batch.manifest import Manifest
@@ -55,22 +54,21 @@ from transforms.core.describe_config import (
     DESCRIPTIONS,
     FAILURES,
     DescribeConfig,
-    image_options,
     plan_ref,
 )
-from transforms.core.guards import netguard, sanitize, secrets
+from transforms.core.guards import sanitize
 from transforms.core.images import loader as images
 from transforms.core.images import sources
 from transforms.core.question import answers, models, prompts
-from transforms.core.request_builder import RequestBuilder
 from transforms.core.row_builders import (
-    _now,
     answer_columns,
     description_row,
     failure_row,
     group_refs,
     internal_failure_rows,
+    utc_now,
 )
+from transforms.core.worker_parts import worker_parts
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -155,10 +153,8 @@ class BatchShard:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.cfg, self.bcfg = cfg, bcfg
-        key = secrets.api_key(cfg.api_key_env, cfg.api_key_secret)
-        sanitize.register_secret(key)
-        sanitize.install_log_redaction()
-        self.session = vision_api.new_session(key, 4, cfg.api_base)
+        parts = worker_parts(cfg, 4, cfg.api_base)
+        key, self.session = parts.key, parts.session
         if bcfg.protocol == "anthropic" and bcfg.anthropic_native:
             use_anthropic_headers(self.session, key)
         self.http = BatchHttp(
@@ -169,17 +165,13 @@ class BatchShard:
         )
         self.sender = make_sender(bcfg, self.http, cfg.api_base)
         self.manifest = Manifest(bcfg.state)
-        self.asker = RequestBuilder(cfg)
-        self.spec = self.asker.spec
+        self.asker = parts.asker
+        self.spec = parts.spec
         table = {m: (i, o) for m, i, o in cfg.price_table}
         self.batch_prices = models.batch_prices(self.spec, table) or self.asker.prices
-        self.image_session = netguard.guarded_session(
-            netguard.parse_networks(cfg.image.allowed_networks), cfg.max_concurrency
-        )
-        self.loader = images.ImageLoader(
-            image_options(cfg, self.spec), http_session=self.image_session
-        )
-        self.budget = ledger.Budget(cfg.max_images, cfg.max_cost)
+        self.image_session = parts.image_session
+        self.loader = parts.loader
+        self.budget = parts.budget
         self.counts: collections.Counter = collections.Counter()
         self._sleep, self._clock = sleep, clock
         self._rng = random.Random()
@@ -486,7 +478,7 @@ class BatchShard:
             return
         group.done = True
         result = vision_api.CallResult(attempts=1, http_status=200)
-        now = _now()
+        now = utc_now()
         for i, ref in enumerate(group.refs):
             columns = answer_columns(group.image, result, c, self.cfg, _keyed(ref, group), extra)
             yield DESCRIPTIONS, description_row(ref, columns, i == 0, now)

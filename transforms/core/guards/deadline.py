@@ -10,7 +10,7 @@ The body is decoded as it arrives by its ``Content-Encoding`` (``content_coding`
 and br / zstd where their decoders are importable), and chunked transfer coding is undone below,
 by urllib3. ``max_bytes`` bounds the *decoded* body (and the bytes on the wire): past it the read
 stops (``TooLarge``), so a compression bomb costs at most ``max_bytes`` of memory. A body whose
-coding is unknown, corrupt or cut short raises ``content_coding.DecodeError``.
+coding is unknown, corrupt or cut short raises ``guards.content_coding.DecodeError``.
 
 The API client (one attempt), the batch transport (one call) and the image fetcher (one fetch)
 all read through here.
@@ -47,7 +47,7 @@ class TooLarge(Exception):
 
 
 def remaining(deadline: float, floor: float = 0.001) -> float:
-    """Seconds until ``deadline`` (``time.monotonic()`` based), at least ``floor``."""
+    """Seconds until ``guards.deadline`` (``time.monotonic()`` based), at least ``floor``."""
     return max(floor, deadline - time.monotonic())
 
 
@@ -65,7 +65,7 @@ def _socket_of(response: requests.Response) -> socket.socket | None:
 
 
 def read_body(response: requests.Response, deadline: float, max_bytes: int | None = None) -> bytes:
-    """The decoded body of a ``stream=True`` response, read by ``deadline``.
+    """The decoded body of a ``stream=True`` response, read by ``guards.deadline``.
 
     Raises ``DeadlineExceeded`` when the deadline passes first, ``TooLarge`` past ``max_bytes``
     (decoded or on the wire), ``DecodeError`` for a body that cannot be decoded, and

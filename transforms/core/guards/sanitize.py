@@ -2,7 +2,7 @@
 
 Every value that reaches a row or a log line — API text, numbers, headers and ids; references;
 column values; error messages quoting any of those — passes through here once, where rows are
-made (``transforms.describe_images.failure_row`` / ``description_row``, and ``row`` below):
+made (``transforms.core.row_builders.failure_row`` / ``description_row``, and ``row`` below):
 
 - strings become valid UTF-8: a lone UTF-16 surrogate (JSON's ``"\\ud800"``) is replaced by
   U+FFFD, so pyarrow, BigQuery and the log handlers never meet a string they cannot encode;

@@ -52,7 +52,7 @@ def read_secret(name: str) -> str:
 
 def api_key(env: str | None, secret: str | None) -> str | None:
     """The key: from Secret Manager when ``secret`` is set, else from the variable ``env``.
-    Whatever is read is registered for redaction (``sanitize``) before it is returned."""
+    Whatever is read is registered for redaction (``guards.sanitize``) before it is returned."""
     if secret:
         value = read_secret(secret)
     elif env:

@@ -1,6 +1,6 @@
 """Load an image reference and make it something a vision API accepts. No Beam import.
 
-References (read by ``image_sources``): a local path or ``file://`` URL, ``gs://bucket/object``,
+References (read by ``images.sources``): a local path or ``file://`` URL, ``gs://bucket/object``,
 ``http(s)://`` and ``data:`` URLs. Local and gs:// images are always sent inline as base64
 ``data:`` URLs (the API cannot read them); http(s) URLs pass through by URL unless ``inline_http``.
 

@@ -6,8 +6,8 @@ character (a NUL, a newline) is refused as it is. Local references must be regul
 under /proc or /sys once symlinks are resolved: checked with ``stat``, opened with ``O_NONBLOCK``
 so that opening cannot block (a FIFO with no writer), checked again with ``fstat``. An http(s)
 fetch gets ``http_timeout`` seconds of wall clock in all: redirect hops and headers get the time
-left, and ``deadline.read_body`` cuts off a body that trickles. Errors are ``ImageError``s at
-stage ``read``, quoting at most ~200 characters of any input (``sanitize.quote``) and never a
+left, and ``guards.deadline.read_body`` cuts off a body that trickles. Errors are ``ImageError``s at
+stage ``read``, quoting at most ~200 characters of any input (``guards.sanitize.quote``) and never a
 file's contents: ``guess`` names the format its magic bytes suggest instead.
 """
 

@@ -2,7 +2,7 @@
 
 ``--api_base local`` starts one for the duration of a job so that vision-enrich runs offline and
 without a key; the job talks to it over HTTP through exactly the same client as to a remote API.
-Behind it sits ``image_analyzer``, a deterministic Pillow analyser — an offline stand-in, not a
+Behind it sits ``offline.analyzer``, a deterministic Pillow analyser — an offline stand-in, not a
 language model. Its usage block counts image tokens by OpenAI's tile formula plus text tokens.
 
 The server is also the API side of the tests and benchmarks: ``latency`` delays every answer,
@@ -229,7 +229,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         )
 
     def _batch_route(self, method: str, raw: bytes) -> bool:
-        """OpenAI's Files and Batches endpoints (``local_batches``); True if it was one."""
+        """OpenAI's Files and Batches endpoints (``offline.batches``); True if it was one."""
         routed = self.server.endpoint.batches.route(method, self.path, dict(self.headers), raw)
         if routed is None:
             return False

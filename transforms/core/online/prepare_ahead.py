@@ -11,7 +11,7 @@ a request waiting.
 Bounded, whatever the number of rows: at most ``2 x max_concurrency`` groups are between the
 start of their preparation and the end of their request (so at most ``max_concurrency`` wait
 ready beyond those in flight), and the payloads they hold add up to at most ``PREPARED_BYTES``
-(one larger than that goes alone). Decoded pixels have their own budget (``decode_budget``).
+(one larger than that goes alone). Decoded pixels have their own budget (``images.decode_budget``).
 """
 
 from __future__ import annotations

@@ -22,25 +22,23 @@ from transforms.core.describe_config import (
     DESCRIPTIONS,
     FAILURES,
     DescribeConfig,
-    image_options,
     plan_ref,
 )
-from transforms.core.guards import netguard, sanitize, secrets
 from transforms.core.images import loader as images
 from transforms.core.images import sources
 from transforms.core.online.prepare_ahead import PrepareAhead, Staged
 from transforms.core.question import models, prompts
 from transforms.core.question.answers import AnswerError
-from transforms.core.request_builder import RequestBuilder
 from transforms.core.row_builders import (
-    _now,
     answer_columns,
     description_row,
     failure_row,
     group_refs,
     internal_error,
     internal_failure_rows,
+    utc_now,
 )
+from transforms.core.worker_parts import worker_parts
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -84,19 +82,12 @@ class Worker:
 
     def __init__(self, cfg: DescribeConfig):
         self.cfg = cfg
-        key = secrets.api_key(cfg.api_key_env, cfg.api_key_secret)
-        # from here on, no row, error or log line of this process can carry the key
-        sanitize.register_secret(key)
-        sanitize.install_log_redaction()
-        # The API session carries the key; images are fetched on the loader's own guarded
-        # session, so the key can never travel to an image host.
-        self.session = vision_api.new_session(
-            key, cfg.max_concurrency, vision_api.chat_completions_url(cfg.api_base)
+        parts = worker_parts(
+            cfg, cfg.max_concurrency, vision_api.chat_completions_url(cfg.api_base)
         )
-        self.image_session = netguard.guarded_session(
-            netguard.parse_networks(cfg.image.allowed_networks), cfg.max_concurrency
-        )
-        self.spec = models.spec_for(cfg.chat.model)
+        key = parts.key
+        self.session, self.image_session = parts.session, parts.image_session
+        self.spec = parts.spec
         if not self.spec.known:
             _LOGGER.warning(
                 "model %r is not in the catalogue: sending OpenAI-style requests (no "
@@ -104,11 +95,11 @@ class Worker:
                 cfg.chat.model,
             )
         # what is asked (shared with batch mode): body, estimate, answer parsing
-        self.asker = RequestBuilder(cfg)
+        self.asker = parts.asker
         self.template, self.schema = self.asker.template, self.asker.schema
         self.prices = self.asker.prices
         self.shared = ledger.SharedAnswers()
-        self.budget = ledger.Budget(cfg.max_images, cfg.max_cost)
+        self.budget = parts.budget
         self.control = Controller(cfg.max_concurrency)
         self.client = vision_api.VisionClient(
             self.session,
@@ -121,9 +112,7 @@ class Worker:
             token_budget=RateLimiter(cfg.tokens_per_minute) if cfg.tokens_per_minute else None,
             secrets=(key,) if key else (),
         )
-        self.loader = images.ImageLoader(
-            image_options(cfg, self.spec), http_session=self.image_session
-        )
+        self.loader = parts.loader
         # twice the request slots and a couple more: a request waiting out its own Retry-After
         # sleeps on its thread, and with a provider refusing some share of requests at random
         # those sleepers must not leave the slots idle; the slots alone bound what is in flight,
@@ -131,7 +120,7 @@ class Worker:
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=2 * cfg.max_concurrency + 2, thread_name_prefix="vision-enrich"
         )
-        # images are prepared ahead of the slots, on threads of their own (``prepare_ahead``)
+        # images are prepared ahead of the slots, on threads of their own (``online.prepare_ahead``)
         self.ahead = PrepareAhead(cfg.max_concurrency, self.executor)
         self.tally = Tally()
         self._breaker_lock = threading.Lock()
@@ -382,7 +371,7 @@ class Worker:
         if kind == "fail":
             out.rows = [(FAILURES, failure_row(r, *value[:5], value[5], self.cfg)) for r in refs]
             return out
-        now = _now()
+        now = utc_now()
         out.rows = [
             (DESCRIPTIONS, description_row(r, value, billed and i == 0, now))
             for i, r in enumerate(refs)

@@ -132,7 +132,7 @@ def _google(model_id: str, price_in: float, price_out: float):
 # The prompt format does not take a system prompt together with an image, so system text is
 # folded into the user turn; one image a request; no detail and no JSON mode. The image is fitted
 # into a canvas of at most 4 tiles of 560x560 (2x2, or 4x1 for a long strip), so 2240 px is the
-# longest side worth sending; ``image_sizes.llama_view`` picks the canvas as Meta does.
+# longest side worth sending; ``images.sizes.llama_view`` picks the canvas as Meta does.
 # 10 MB per image is the hosts' usual bound: check before relying. Llama Guard 3 Vision is a
 # classifier: it answers "safe" or "unsafe" and category codes, and is never sent a system
 # message or a response_format.
@@ -235,7 +235,7 @@ def spec_for(model_id: str) -> ModelSpec:
 # -- token estimates -------------------------------------------------------------------------
 def image_tokens(spec: ModelSpec, width: int, height: int, detail: str = "auto") -> int:
     """Estimated prompt tokens of one image of ``width`` x ``height`` px, counted on the size the
-    provider scales it to (``image_sizes.model_view``), so the original and the image the job
+    provider scales it to (``images.sizes.model_view``), so the original and the image the job
     prepares cost the same.
 
     - openai: OpenAI's tile formula (low 85, else 85 + 170 per 512-px tile after fitting
@@ -257,7 +257,7 @@ def image_tokens(spec: ModelSpec, width: int, height: int, detail: str = "auto")
 def sent_size(
     spec: ModelSpec, width: int, height: int, detail: str = "auto", max_side: int | None = None
 ) -> tuple[int, int]:
-    """The size an image is prepared at for ``spec`` (``image_sizes.sent_size``)."""
+    """The size an image is prepared at for ``spec`` (``images.sizes.sent_size``)."""
     return image_sizes.sent_size(spec, width, height, detail, max_side)
 
 

@@ -12,7 +12,7 @@ Two sources, one shape (``RunData``):
   totals and a ``GROUP BY stage, error_type`` for the failures — given a google-cloud-bigquery
   client (``BIGQUERY_EMULATOR_HOST`` points the caller's at an emulator).
 
-Values are returned as they are stored; ``review_page`` makes them safe where it renders them.
+Values are returned as they are stored; ``review.page`` makes them safe where it renders them.
 """
 
 from __future__ import annotations

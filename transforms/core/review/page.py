@@ -1,6 +1,6 @@
 """The review page of a run: one self-contained HTML file, safe to open. No Beam import.
 
-``render(run, thumbs, question)`` turns a ``review_data.RunData`` into the page: a header with
+``render(run, thumbs, question)`` turns a ``review.data.RunData`` into the page: a header with
 the run's totals and its question, a card per sampled description (thumbnail, answer, structured
 columns, model, tokens, cost, ``billed``, latency, id and reference) and the failures grouped by
 stage and error type. ``Thumbnails`` makes the pictures.

@@ -1,5 +1,5 @@
 """Bodies as real servers send them: compressed (gzip, deflate, br, zstd), chunked, both, bombs,
-trickles and junk, read by ``deadline.read_body`` and through the API client and the batch
+trickles and junk, read by ``guards.deadline.read_body`` and through the API client and the batch
 transport. A raw socket server on loopback writes exactly the bytes each case needs (the suite's
 runs through nginx and squid are in tests/pipelines/test_real_fronts.py)."""
 
