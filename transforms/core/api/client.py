@@ -54,7 +54,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import random
 import re
 import time
@@ -74,7 +73,7 @@ from transforms.core.api.responses import (
     parse_retry_after,
 )
 from transforms.core.api.retry import RetryPolicy
-from transforms.core.guards import content_coding, deadline, sanitize
+from transforms.core.guards import content_coding, deadline, sanitize, tls
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -288,7 +287,7 @@ class VisionClient:
         except requests.exceptions.ProxyError as exc:
             raise _Attempt("request", self._proxy_message(exc), "proxy") from None
         except requests.exceptions.SSLError as exc:
-            raise _Attempt("request", tls_message(self.host, exc), "tls") from None
+            raise _Attempt("request", tls.describe_failure(self.host, exc), "tls") from None
         except requests.RequestException as exc:
             raise _Attempt(
                 "request",
@@ -431,63 +430,21 @@ class VisionClient:
 
 _PROXY_STATUS = re.compile(r"\b(40[37]|50[0-9])\b([A-Za-z ]{0,40})")
 
-# what OpenSSL says, and what it means for the person running the job
-_TLS_CAUSES = (
-    ("certificate has expired", "its certificate has expired"),
-    ("not yet valid", "its certificate is not valid yet (check this machine's clock)"),
-    ("hostname mismatch", "its certificate is for another host name"),
-    ("doesn't match", "its certificate is for another host name"),
-    ("ip address mismatch", "its certificate is for another host name"),
-    (
-        "unable to get local issuer certificate",
-        "its certificate is signed by a CA this machine does not trust",
-    ),
-    ("self-signed certificate", "its certificate is signed by a CA this machine does not trust"),
-    ("self signed certificate", "its certificate is signed by a CA this machine does not trust"),
-    ("wrong_version_number", "it does not speak TLS on that port (http:// rather than https://?)"),
-    ("wrong version number", "it does not speak TLS on that port (http:// rather than https://?)"),
-)
-
-
-def tls_message(host: str, exc: BaseException) -> str:
-    """One line naming the host and why TLS to it failed, and what to do."""
-    text = str(exc).lower()
-    cause = next((said for seen, said in _TLS_CAUSES if seen in text), None)
-    if cause is None:
-        found = re.search(r"\[ssl[^\]]*\]\s*([^()'\"]{1,120})", text)
-        cause = f"TLS failed ({found.group(1).strip()})" if found else "TLS failed"
-    fix = (
-        "trust its CA with REQUESTS_CA_BUNDLE or SSL_CERT_FILE (a PEM bundle)"
-        if "ca this machine" in cause
-        else "check --api_base"
-    )
-    return sanitize.text(f"TLS to {host} failed: {cause}; {fix}", 400)
-
-
-def ca_bundle() -> str | None:
-    """The CA bundle named by the environment: REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, then OpenSSL's
-    SSL_CERT_FILE (which ``requests`` alone would not read: it trusts certifi's bundle)."""
-    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
-        value = os.environ.get(name)
-        if value:
-            return value
-    return None
-
 
 def new_session(api_key: str | None, pool_size: int, url: str | None = None) -> requests.Session:
     """A session whose connection pool holds ``pool_size`` keep-alive connections.
 
-    The environment (HTTPS_PROXY / HTTP_PROXY / NO_PROXY, the CA bundle of ``ca_bundle``) is read
-    once here for ``url``, not on every request: with ``trust_env`` on, requests re-reads them and
-    looks for a ~/.netrc on each call, which at hundreds of requests a second is a measurable
-    share of the process. An https:// API is reached through a proxy by a CONNECT tunnel, so the
-    key never crosses the proxy in clear. ``Accept-Encoding`` names only what
+    The environment (HTTPS_PROXY / HTTP_PROXY / NO_PROXY, the CA bundle ``tls.ca_bundle``
+    names) is read once here for ``url``, not on every request: with ``trust_env`` on, requests
+    re-reads them and looks for a ~/.netrc on each call, which at hundreds of requests a second is
+    a measurable share of the process. An https:// API is reached through a proxy by a CONNECT
+    tunnel, so the key never crosses the proxy in clear. ``Accept-Encoding`` names only what
     ``guards.content_coding`` can decode.
     """
     session = requests.Session()
     if url is not None:
         session.proxies.update(requests.utils.get_environ_proxies(url))
-        bundle = ca_bundle()
+        bundle = tls.ca_bundle()
         if bundle:
             session.verify = bundle
         session.trust_env = False

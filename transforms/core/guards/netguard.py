@@ -21,6 +21,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import connection as u3connection
 
+from transforms.core.guards import tls
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -108,6 +110,9 @@ def guarded_session(
 ) -> requests.Session:
     session = requests.Session()
     session.trust_env = False  # an environment proxy would connect on our behalf, unchecked
+    bundle = tls.ca_bundle()  # ...but the CA the environment trusts is trusted here too
+    if bundle:
+        session.verify = bundle
     session.max_redirects = max_redirects
     adapter = _GuardedAdapter(allowed, pool_connections=4, pool_maxsize=pool_size, max_retries=0)
     session.mount("http://", adapter)
@@ -126,6 +131,9 @@ def blocked_reason(exc: BaseException) -> str | None:
         seen.add(id(e))
         if isinstance(e, BlockedAddress):
             return str(e)
-        stack.extend([e.__cause__, e.__context__, getattr(e, "reason", None)])
+        reason = getattr(e, "reason", None)  # urllib3's MaxRetryError; a str on some errors
+        stack.extend([e.__cause__, e.__context__])
+        if isinstance(reason, BaseException):
+            stack.append(reason)
         stack.extend(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))
     return None

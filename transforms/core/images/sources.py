@@ -26,7 +26,7 @@ from typing import Any
 
 import requests
 
-from transforms.core.guards import deadline, netguard
+from transforms.core.guards import deadline, netguard, tls
 from transforms.core.guards.sanitize import quote
 
 
@@ -286,6 +286,10 @@ class Sources:
             raise read_error(
                 f"no answer from {quote(ref)} within {timeout:g}s", "timeout"
             ) from None
+        except requests.exceptions.SSLError as exc:
+            host = urllib.parse.urlsplit(url).netloc
+            said = tls.describe_failure(host, exc, "check the image's URL")
+            raise read_error(f"fetching {quote(ref)}: {said}", "tls") from None
         except requests.RequestException as exc:
             blocked = netguard.blocked_reason(exc)
             if blocked:
