@@ -154,6 +154,15 @@ class DescribeImagesFn(beam.DoFn):
         self._unread_cost = Metrics.counter(ns, "unread_cost_microdollars")
 
     @property
+    def config(self) -> DescribeConfig:
+        return self._cfg
+
+    @property
+    def worker(self) -> Worker | None:
+        """The process's shared worker this instance holds (between setup and teardown)."""
+        return self._worker
+
+    @property
     def _keep(self) -> int:
         return 3 * self._cfg.max_concurrency
 
@@ -214,7 +223,7 @@ class DescribeImagesFn(beam.DoFn):
             entry = self._pending.pop(future, None)
             if entry is not None:
                 ref, window, timestamp = entry
-                yield from self._emit(self._outcome(future, ref), window, timestamp)
+                yield from self.emit_outcome(self._outcome(future, ref), window, timestamp)
 
     def _outcome(self, future: concurrent.futures.Future, ref) -> Outcome:
         """The future's outcome; ``describe_contained`` catches everything, but a future can
@@ -227,7 +236,7 @@ class DescribeImagesFn(beam.DoFn):
             rows = internal_failure_rows(group_refs(ref), "request", exc, self._cfg)
             return Outcome(rows=[(FAILURES, row) for row in rows])
 
-    def _emit(self, outcome: Outcome, window, timestamp):
+    def emit_outcome(self, outcome: Outcome, window, timestamp):
         """Count and emit one group's rows. Counting cannot lose a row (a failing metric is
         logged and skipped), and a row that does not fit its declared columns becomes a failure
         row (``internal``, stage ``emit``) here rather than failing the writer and the job."""

@@ -101,7 +101,7 @@ def test_bundle_retry_leaves_no_duplicate_rows(tmp_path, run_job, monkeypatch):
     again: the process's ledger still holds their answers."""
     source, digests = write_input(tmp_path, 90)
     state = {"emitted": 0, "died": False}
-    emit = di.DescribeImagesFn._emit
+    emit = di.DescribeImagesFn.emit_outcome
 
     def dying_emit(self, outcome, window, timestamp):
         state["emitted"] += 1
@@ -110,7 +110,7 @@ def test_bundle_retry_leaves_no_duplicate_rows(tmp_path, run_job, monkeypatch):
             raise RuntimeError("injected: worker died mid-bundle")
         return emit(self, outcome, window, timestamp)
 
-    monkeypatch.setattr(di.DescribeImagesFn, "_emit", dying_emit)
+    monkeypatch.setattr(di.DescribeImagesFn, "emit_outcome", dying_emit)
     out = str(tmp_path / "out")
     with RecordingApi() as api:
         run_job(api, source, out, "--runner", "BundleBasedDirectRunner", "--max_concurrency", 4)

@@ -126,10 +126,10 @@ def test_sample_is_seeded_uniform_and_reads_only_the_row_groups_it_draws(tmp_pat
     out = write_run(tmp_path / "run", rows, files=4, row_group_size=500)  # 40 row groups
     files = sorted(str(p) for p in pathlib.Path(out).glob("descriptions-*.parquet"))
     read = []
-    real_take = review_data._take
+    real_take = review_data.take_rows
     monkeypatch.setattr(
         review_data,
-        "_take",
+        "take_rows",
         lambda pf, group, offsets, cols: (
             read.append((group, cols)) or real_take(pf, group, offsets, cols)
         ),

@@ -116,10 +116,10 @@ class RawFault(Fault):
     interval: float = 1.0
 
 
-class _HostileHandler(local_endpoint._Handler):
-    def _misbehave(self, fault: Fault) -> bool:
+class _HostileHandler(local_endpoint.Handler):
+    def misbehave(self, fault: Fault) -> bool:
         if not isinstance(fault, RawFault):
-            return super()._misbehave(fault)
+            return super().misbehave(fault)
         stopping = getattr(self.server, "hostile_stopping", None) or threading.Event()
         length = len(fault.raw) if fault.kind == "raw" else fault.length
         try:
@@ -149,8 +149,8 @@ class _HostileHandler(local_endpoint._Handler):
 
 def allow_raw_faults(endpoint: ChatEndpoint) -> ChatEndpoint:
     """Let ``endpoint``'s fault callable return ``RawFault`` too (before or after start)."""
-    endpoint._server.RequestHandlerClass = _HostileHandler
-    endpoint._server.hostile_stopping = threading.Event()
+    endpoint.server.RequestHandlerClass = _HostileHandler
+    endpoint.server.hostile_stopping = threading.Event()
     return endpoint
 
 
@@ -420,5 +420,5 @@ class RecordingApi:
         return self
 
     def __exit__(self, *exc):
-        self.endpoint._server.hostile_stopping.set()  # ends trickles and stalls still going
+        self.endpoint.server.hostile_stopping.set()  # ends trickles and stalls still going
         self.endpoint.stop()

@@ -43,34 +43,34 @@ class _OpenAIBatches(LocalBatches):
         super().__init__(sha_answer, delay=api.delay)
         self.api = api
 
-    def _create(self, raw):
+    def create_batch(self, raw):
         body = json.loads(raw)
         self.api.spec_errors += _errors("CreateBatchRequest", body)
-        data = self._file(str(body.get("input_file_id"))) or b""
+        data = self.read_file(str(body.get("input_file_id"))) or b""
         for line in data.splitlines():
             if line.strip():
                 self.api.spec_errors += _errors(
                     "CreateChatCompletionRequest", json.loads(line)["body"]
                 )
-        status, batch, ctype = super()._create(raw)
+        status, batch, ctype = super().create_batch(raw)
         if status == 200 and self.api.refuse:
             batch["status"] = "failed"
             batch["errors"] = {
                 "object": "list",
                 "data": [{"code": "invalid_request", "message": "injected: bad file", "line": 1}],
             }
-            self._save_batch(batch)
+            self.save_batch(batch)
         return status, batch, ctype
 
-    def _refresh(self, batch):
+    def refresh_batch(self, batch):
         if self.api.hold.is_set() and batch["status"] in ("validating", "in_progress"):
             batch["status"] = "in_progress"
             return batch
-        return super()._refresh(batch)
+        return super().refresh_batch(batch)
 
-    def _run(self, batch):
+    def run_batch(self, batch):
         api = self.api
-        lines = [json.loads(x) for x in self._file(batch["input_file_id"]).splitlines() if x]
+        lines = [json.loads(x) for x in self.read_file(batch["input_file_id"]).splitlines() if x]
         out, err = [], []
         for i, line in enumerate(lines):
             if api.drop and i >= len(lines) - api.drop:
@@ -94,11 +94,11 @@ class _OpenAIBatches(LocalBatches):
         for name, rows in (("output_file_id", out), ("error_file_id", err)):
             if rows:
                 file_id = "file-" + uuid.uuid4().hex[:20]
-                self._save_file(file_id, b"".join(json.dumps(r).encode() + b"\n" for r in rows))
+                self.save_file(file_id, b"".join(json.dumps(r).encode() + b"\n" for r in rows))
                 batch[name] = file_id
         batch["status"] = "expired" if api.expire_after is not None else "completed"
         batch["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
-        self._save_batch(batch)
+        self.save_batch(batch)
 
 
 def _line(cid, status, body):

@@ -66,7 +66,7 @@ def test_dofn_setup_process_teardown(tmp_path, monkeypatch):
     with RecordingApi(latency=0.05) as api:
         fn = di.DescribeImagesFn(config(api, max_concurrency=4))
         described, failed = run_fn(fn, [refs[:10] + bad[:1], refs[10:] + bad[1:]])
-        assert not di.worker_held(fn._cfg)  # teardown released the session and threads
+        assert not di.worker_held(fn.config)  # teardown released the session and threads
     assert sorted(r["image_id"] for r in described) == sorted(digests)
     for row in described:
         schema.check_row(schema.DESCRIPTION_FIELDS, row)
@@ -91,7 +91,7 @@ def test_dofn_worker_is_shared_by_instances_in_a_process(tmp_path, monkeypatch):
         a, b = di.DescribeImagesFn(cfg), di.DescribeImagesFn(cfg)
         a.setup()
         b.setup()
-        assert a._worker is b._worker
+        assert a.worker is b.worker
         a.teardown()
         assert di.worker_held(cfg)
         b.teardown()

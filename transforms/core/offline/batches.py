@@ -50,13 +50,13 @@ class LocalBatches:
             os.makedirs(os.path.join(store, "batches"), exist_ok=True)
 
     # -- storage ------------------------------------------------------------------------------
-    def _save_file(self, file_id: str, data: bytes) -> None:
+    def save_file(self, file_id: str, data: bytes) -> None:
         self.files[file_id] = data
         if self.store:
             with open(os.path.join(self.store, "files", file_id), "wb") as f:
                 f.write(data)
 
-    def _file(self, file_id: str) -> bytes | None:
+    def read_file(self, file_id: str) -> bytes | None:
         if file_id not in self.files and self.store:
             path = os.path.join(self.store, "files", os.path.basename(file_id))
             if os.path.isfile(path):
@@ -64,7 +64,7 @@ class LocalBatches:
                     self.files[file_id] = f.read()
         return self.files.get(file_id)
 
-    def _save_batch(self, batch: dict) -> None:
+    def save_batch(self, batch: dict) -> None:
         self.batches[batch["id"]] = batch
         if self.store:
             path = os.path.join(self.store, "batches", batch["id"] + ".json")
@@ -100,16 +100,16 @@ class LocalBatches:
         if parts == ["files"] and method == "POST":
             return self._upload(headers, raw)
         if parts[0] == "files" and len(parts) >= 2 and method == "GET":
-            data = self._file(parts[1])
+            data = self.read_file(parts[1])
             if data is None:
                 return 404, _error(f"no file {parts[1]}"), "application/json"
             if parts[2:] == ["content"]:
                 return 200, data, "application/jsonl"
             return 200, _file_object(parts[1], data), "application/json"
         if parts == ["batches"] and method == "POST":
-            return self._create(raw)
+            return self.create_batch(raw)
         if parts == ["batches"] and method == "GET":
-            data = [self._refresh(b) for b in self.batches.values()]
+            data = [self.refresh_batch(b) for b in self.batches.values()]
             return 200, {"object": "list", "data": data, "has_more": False}, "application/json"
         if parts[0] == "batches" and len(parts) >= 2:
             batch = self._batch(parts[1])
@@ -119,10 +119,10 @@ class LocalBatches:
                 if batch["status"] not in ("completed", "failed", "expired", "cancelled"):
                     batch["status"] = "cancelled"
                     batch["cancelled_at"] = int(time.time())
-                    self._save_batch(batch)
+                    self.save_batch(batch)
                 return 200, batch, "application/json"
             if method == "GET":
-                return 200, self._refresh(batch), "application/json"
+                return 200, self.refresh_batch(batch), "application/json"
         return 404, _error(f"no route for {method} /{'/'.join(parts)}"), "application/json"
 
     def _upload(self, headers: dict, raw: bytes):
@@ -147,11 +147,11 @@ class LocalBatches:
         if len(data) > MAX_FILE_BYTES:
             return 413, _error(f"the file is over {MAX_FILE_BYTES:,} bytes"), "application/json"
         file_id = "file-" + hashlib.sha256(data + uuid.uuid4().bytes).hexdigest()[:24]
-        self._save_file(file_id, data)
+        self.save_file(file_id, data)
         self.uploads += 1
         return 200, _file_object(file_id, data), "application/json"
 
-    def _create(self, raw: bytes):
+    def create_batch(self, raw: bytes):
         try:
             body = json.loads(raw)
         except ValueError:
@@ -162,7 +162,7 @@ class LocalBatches:
             raise self._bad("this endpoint batches /v1/chat/completions only")
         if body.get("completion_window") != "24h":
             raise self._bad("completion_window must be '24h'")
-        data = self._file(str(body.get("input_file_id")))
+        data = self.read_file(str(body.get("input_file_id")))
         if data is None:
             return 404, _error(f"no file {body.get('input_file_id')}"), "application/json"
         now = int(time.time())
@@ -190,23 +190,23 @@ class LocalBatches:
             batch["errors"] = {"object": "list", "data": errors[:10]}
         else:
             batch["request_counts"]["total"] = len(data.splitlines())
-        self._save_batch(batch)
+        self.save_batch(batch)
         self.creates += 1
         return 200, batch, "application/json"
 
-    def _refresh(self, batch: dict) -> dict:
+    def refresh_batch(self, batch: dict) -> dict:
         """Move a batch on by the clock: in progress at once, ended after ``delay``."""
         if batch["status"] == "validating":
             batch["status"] = "in_progress"
             batch["in_progress_at"] = int(time.time())
-            self._save_batch(batch)
+            self.save_batch(batch)
         if batch["status"] == "in_progress" and time.time() - batch["created_at"] >= self.delay:
-            self._run(batch)
+            self.run_batch(batch)
         return batch
 
-    def _run(self, batch: dict) -> None:
+    def run_batch(self, batch: dict) -> None:
         out, err = [], []
-        for raw in (self._file(batch["input_file_id"]) or b"").splitlines():
+        for raw in (self.read_file(batch["input_file_id"]) or b"").splitlines():
             if not raw.strip():
                 continue
             line = json.loads(raw)
@@ -222,7 +222,7 @@ class LocalBatches:
             if lines:
                 data = b"".join(json.dumps(x).encode() + b"\n" for x in lines)
                 file_id = "file-" + uuid.uuid4().hex[:24]
-                self._save_file(file_id, data)
+                self.save_file(file_id, data)
                 batch[name] = file_id
         batch["status"] = "completed"
         batch["completed_at"] = batch["finalizing_at"] = now
@@ -231,7 +231,7 @@ class LocalBatches:
             "completed": len(out),
             "failed": len(err),
         }
-        self._save_batch(batch)
+        self.save_batch(batch)
 
 
 def _result(custom_id: str, rid: str, status: int, body: dict) -> dict:

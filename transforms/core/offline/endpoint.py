@@ -188,7 +188,9 @@ def completion(body: dict, content: str, model: str, image_tokens: int = 0) -> d
     }
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class Handler(http.server.BaseHTTPRequestHandler):
+    """One connection to the endpoint: routes chat, files and batches; plays ``Fault``s."""
+
     protocol_version = "HTTP/1.1"  # keep-alive, so clients can show connection reuse
     server_version = "vision-enrich-local/0.1"
     # headers and body go out in two writes; with Nagle on, the body waits for the client's
@@ -283,7 +285,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._error(400, "the request body is not a JSON object")
                 return
             fault = endpoint.fault(body, dict(self.headers)) if endpoint.fault else None
-            if fault is not None and self._misbehave(fault):
+            if fault is not None and self.misbehave(fault):
                 return
             if endpoint.latency:
                 time.sleep(endpoint.latency)
@@ -296,7 +298,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         finally:
             endpoint._leave()
 
-    def _misbehave(self, fault: Fault) -> bool:
+    def misbehave(self, fault: Fault) -> bool:
         """Act out ``fault``; True if the request is finished with."""
         if fault.kind == "status":
             body = (
@@ -353,7 +355,7 @@ class ChatEndpoint:
         )
         self.latency = latency
         self.fault = fault
-        self._server = _Server((host, port), _Handler)
+        self._server = _Server((host, port), Handler)
         self._server.endpoint = self
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -364,6 +366,12 @@ class ChatEndpoint:
         self.first_arrival: float | None = None
         self.last_arrival: float | None = None
         self.last_done: float | None = None
+
+    @property
+    def server(self) -> http.server.ThreadingHTTPServer:
+        """The HTTP server; a test may give it a ``Handler`` subclass that overrides
+        ``misbehave`` to play faults ``Fault`` cannot express."""
+        return self._server
 
     @property
     def base_url(self) -> str:

@@ -196,11 +196,11 @@ def sample_parquet(
             pf = pq.ParquetFile(f)
             present = [c for c in columns if c in pf.schema_arrow.names]
             for group in sorted(groups):
-                rows.extend(_take(pf, group, wanted[(file_index, group)], present))
+                rows.extend(take_rows(pf, group, wanted[(file_index, group)], present))
     return rows
 
 
-def _take(pf: pq.ParquetFile, group: int, offsets: list[int], columns: list[str]) -> list[dict]:
+def take_rows(pf: pq.ParquetFile, group: int, offsets: list[int], columns: list[str]) -> list[dict]:
     """The rows at ``offsets`` (sorted) of one row group, reading it a batch at a time."""
     out, start, i = [], 0, 0
     for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=columns):
