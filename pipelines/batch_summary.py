@@ -6,12 +6,12 @@ from __future__ import annotations
 from pipelines.describe_options import DescribeImagesOptions
 from pipelines.describe_setup import derived
 from transforms.core.batch.manifest import Manifest
-from transforms.core.question import models
+from transforms.core.question import models, pricing
 
 
 def _batch_prices(opts: DescribeImagesOptions):
     spec = models.spec_for(opts.model)
-    return models.batch_prices(spec, derived(opts).prices)
+    return pricing.batch_prices(spec, derived(opts).prices)
 
 
 def format_batch_summary(totals: dict[str, float], opts: DescribeImagesOptions) -> str:
@@ -53,14 +53,14 @@ def format_batch_summary(totals: dict[str, float], opts: DescribeImagesOptions) 
 
 def format_batch_dry_run(totals: dict[str, float], opts: DescribeImagesOptions) -> str:
     spec = models.spec_for(opts.model)
-    online = models.prices(spec, derived(opts).prices)
+    online = pricing.prices(spec, derived(opts).prices)
     prices = _batch_prices(opts)
     tokens = int(totals.get("estimated_image_tokens", 0) + totals.get("estimated_text_tokens", 0))
     bound = int(totals.get("estimated_completion_tokens", 0))
     if prices is None:
         return "  batch cost  unknown: no batch price for this model (list prices assumed)"
     return (
-        f"  batch cost  ${models.cost(prices, tokens, 0):.4f} for the prompts, up to "
-        f"${models.cost(prices, tokens, bound):.4f} through the batch API, beside "
-        f"${models.cost(online, tokens, bound):.4f} online"
+        f"  batch cost  ${pricing.cost(prices, tokens, 0):.4f} for the prompts, up to "
+        f"${pricing.cost(prices, tokens, bound):.4f} through the batch API, beside "
+        f"${pricing.cost(online, tokens, bound):.4f} online"
     )

@@ -30,7 +30,7 @@ from transforms.core.api.retry import RetryPolicy
 from transforms.core.describe_config import ChatConfig
 from transforms.core.guards import netguard, secrets
 from transforms.core.images import loader as images
-from transforms.core.question import models, prompts
+from transforms.core.question import models, pricing, prompts
 from transforms.core.question import output_schema as structured
 from transforms.read_existing_keys import check_existing_parquet
 from transforms.read_image_refs import (
@@ -225,7 +225,7 @@ def _validate_question(opts: DescribeImagesOptions, d: Derived) -> None:
         raise OptionsError("--max_images and --max_cost must be >= 0 (0 = no limit)")
     if opts.price_table:
         try:
-            d.prices = models.parse_price_table(_read_text(opts.price_table))
+            d.prices = pricing.parse_price_table(_read_text(opts.price_table))
         except (ValueError, OSError) as exc:
             raise OptionsError(f"--price_table: {exc}") from None
 

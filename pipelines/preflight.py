@@ -23,6 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.core import describe_config, request_builder
 from transforms.core.api import client as vision_api
 from transforms.core.api.retry import RetryPolicy
+from transforms.core.api.session import new_session
 from transforms.core.guards import secrets
 from transforms.read_existing_keys import bigquery_client
 
@@ -71,7 +72,7 @@ def check_model_answers(
         key = secrets.api_key(api_key_env, api_key_secret)
     except secrets.ApiKeyError as exc:
         raise PreflightError(str(exc)) from None
-    session = vision_api.new_session(key, 1, vision_api.chat_completions_url(api_base))
+    session = new_session(key, 1, vision_api.chat_completions_url(api_base))
     try:
         client = vision_api.VisionClient(
             session,

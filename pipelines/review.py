@@ -28,7 +28,7 @@ from pipelines.describe_options import DescribeImagesOptions
 from pipelines.describe_options import flag as parse_flag
 from transforms.core.guards import netguard, sanitize
 from transforms.core.images import loader as images
-from transforms.core.question import models
+from transforms.core.question import pricing
 from transforms.core.review import data as review_data
 from transforms.core.review import page as review_page
 
@@ -291,7 +291,7 @@ def run(argv: list[str] | None = None) -> str:
         raise SystemExit("review: --sample must be 0 or more")
     sanitize.register_secret(os.environ.get(args.api_key_env or ""))
     try:
-        prices = models.parse_price_table(args.price_table) if args.price_table else {}
+        prices = pricing.parse_price_table(args.price_table) if args.price_table else {}
         networks = tuple(str(n) for n in netguard.parse_networks(args.allow_image_networks))
         question = review_page.Question(
             args.prompt, args.system_prompt, _read_text(args.output_schema), prices, args.mode

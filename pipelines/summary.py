@@ -8,7 +8,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from pipelines.describe_options import DescribeImagesOptions
 from pipelines.describe_setup import derived
 from transforms import describe_images as di
-from transforms.core.question import models
+from transforms.core.question import models, pricing
 
 
 def summarize(result, elapsed: float) -> dict[str, float]:
@@ -111,7 +111,7 @@ def every_row_failed(totals: dict[str, float]) -> bool:
 
 def _price_source(opts: DescribeImagesOptions) -> str:
     table = derived(opts).prices
-    prices = models.prices(models.spec_for(opts.model), table)
+    prices = pricing.prices(models.spec_for(opts.model), table)
     where = "--price_table" if opts.model in table else "list"
     return f"{where} prices (${prices[0]:g} / ${prices[1]:g} per 1M input / output tokens)"
 
@@ -119,11 +119,11 @@ def _price_source(opts: DescribeImagesOptions) -> str:
 def format_dry_run(totals: dict[str, float], opts: DescribeImagesOptions) -> str:
     """What the run would send and cost, from the ``EstimateRequests`` counters."""
     spec = models.spec_for(opts.model)
-    prices = models.prices(spec, derived(opts).prices)
+    prices = pricing.prices(spec, derived(opts).prices)
     image_t = int(totals.get("estimated_image_tokens", 0))
     text_t = int(totals.get("estimated_text_tokens", 0))
     bound = int(totals.get("estimated_completion_tokens", 0))
-    prompt_cost = models.cost(prices, image_t + text_t, 0)
+    prompt_cost = pricing.cost(prices, image_t + text_t, 0)
     same_bytes = int(
         totals.get("rows_sharing_identical_bytes", 0) + totals.get("dry_run_same_bytes", 0)
     )
@@ -142,7 +142,7 @@ def format_dry_run(totals: dict[str, float], opts: DescribeImagesOptions) -> str
         f"  tokens      {image_t} image + {text_t} text prompt tokens (estimated), "
         f"completion up to {bound}",
         f"  cost        ${prompt_cost:.4f} for the prompts, up to "
-        f"${models.cost(prices, image_t + text_t, bound):.4f} with every completion at "
+        f"${pricing.cost(prices, image_t + text_t, bound):.4f} with every completion at "
         f"--max_tokens; {_price_source(opts)}",
         f"  elapsed     {totals['elapsed_s']:.1f} s",
     ]

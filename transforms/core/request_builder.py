@@ -23,7 +23,7 @@ from transforms.core.describe_config import (
     sent_instructions,
 )
 from transforms.core.images import loader as images
-from transforms.core.question import answers, models
+from transforms.core.question import answers, models, pricing
 from transforms.core.question import output_schema as structured
 
 
@@ -66,7 +66,7 @@ class RequestBuilder:
         self.template, self.schema = question(cfg)
         self.instructions = structured.instructions(self.schema) if self.schema else None
         self.sent_instructions = sent_instructions(self.spec, self.schema)
-        self.prices = models.prices(self.spec, {m: (i, o) for m, i, o in cfg.price_table})
+        self.prices = pricing.prices(self.spec, {m: (i, o) for m, i, o in cfg.price_table})
 
     def estimate(self, prepared: images.PreparedImage, prompt: str, max_side: int):
         """(prompt tokens, completion bound, estimated cost) of one image's request."""
@@ -85,7 +85,7 @@ class RequestBuilder:
             self.sent_instructions,
         )
         estimate = image_t + text_t
-        return estimate, bound, models.cost(self.prices, estimate, bound)
+        return estimate, bound, pricing.cost(self.prices, estimate, bound)
 
     def body(self, prepared: images.PreparedImage, prompt: str) -> dict[str, Any]:
         return build_request(

@@ -15,7 +15,7 @@ import dataclasses
 import requests
 
 from transforms.core import ledger
-from transforms.core.api import client
+from transforms.core.api.session import new_session
 from transforms.core.describe_config import DescribeConfig, image_options
 from transforms.core.guards import netguard, sanitize, secrets
 from transforms.core.images.loader import ImageLoader
@@ -47,7 +47,7 @@ def worker_parts(cfg: DescribeConfig, pool_size: int, url: str) -> WorkerParts:
     sanitize.install_log_redaction()
     # The API session carries the key; images are fetched on the loader's own guarded
     # session, so the key can never travel to an image host.
-    session = client.new_session(key, pool_size, url)
+    session = new_session(key, pool_size, url)
     image_session = netguard.guarded_session(
         netguard.parse_networks(cfg.image.allowed_networks), cfg.max_concurrency
     )

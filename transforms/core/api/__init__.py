@@ -2,6 +2,7 @@
 
 Other rooms use:
 - ``client``: ``VisionClient`` (sends one chat request on a ``requests.Session``, retries it).
+- ``session``: ``new_session`` (the pool, proxies, CA bundle and headers of an API session).
 - ``responses``: what came back (``Completion``, ``ResponseError``, ``parse_completion``,
   ``RETRYABLE_STATUSES``: where a 429 or a 5xx is decided to be retried).
 - ``retry``: ``RetryPolicy``, the one back-off / Retry-After / cap policy, shared with ``batch``.
@@ -10,4 +11,4 @@ Other rooms use:
 - ``shared_limit``: ``EnvoyLimit``, a job-wide request budget.
 """
 
-__all__ = ["backpressure", "client", "ratelimit", "responses", "retry", "shared_limit"]
+__all__ = ["backpressure", "client", "ratelimit", "responses", "retry", "session", "shared_limit"]

@@ -1,5 +1,8 @@
 """HTTP client for OpenAI-compatible vision ``chat/completions`` endpoints. No Beam import.
 
+One module (about 400 lines) because the retry loop and the reading of each attempt share one
+deadline and one ``CallResult``; the session setup is ``api.session``.
+
 It builds the request body (one user message with a text part and an ``image_url`` part, plus
 ``max_tokens``), sends it on a caller-owned ``requests.Session``, retries *this request* when the
 outcome is worth retrying, and hands the answer to ``api.responses``, which parses the completion,
@@ -55,7 +58,6 @@ import dataclasses
 import json
 import logging
 import random
-import re
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -64,6 +66,7 @@ from typing import Any
 import requests
 
 from transforms.core.api import responses as api_responses
+from transforms.core.api import session as session_setup
 from transforms.core.api.backpressure import Controller
 from transforms.core.api.ratelimit import RateLimiter
 from transforms.core.api.responses import (
@@ -73,12 +76,11 @@ from transforms.core.api.responses import (
     parse_retry_after,
 )
 from transforms.core.api.retry import RetryPolicy
-from transforms.core.guards import content_coding, deadline, sanitize, tls
+from transforms.core.guards import deadline, sanitize, tls
 
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_API_BASE = "https://api.aimlapi.com/v1"
-USER_AGENT = "vision-enrich/0.1"
 DETAILS = ("auto", "low", "high")
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # no chat completion is near this; a body past it is junk
 
@@ -406,19 +408,7 @@ class VisionClient:
         )
 
     def _proxy_message(self, exc: BaseException) -> str:
-        proxy = self.session.proxies.get(urllib.parse.urlsplit(self.url).scheme) or ""
-        where = urllib.parse.urlsplit(proxy).hostname or "?"
-        port = urllib.parse.urlsplit(proxy).port
-        where = f"{where}:{port}" if port else where  # never its user:password
-        cause = _PROXY_STATUS.search(str(exc))
-        said = (
-            f"answered {cause.group(1)} {cause.group(2).strip()}" if cause else "broke the tunnel"
-        )
-        return self.redact(
-            f"the proxy {where} {said} on the way to {self.host} "
-            f"({type(exc).__name__}); check HTTPS_PROXY / HTTP_PROXY (and its credentials), or "
-            "list the API's host in NO_PROXY"
-        )
+        return self.redact(session_setup.proxy_failure(self.session, self.url, self.host, exc))
 
     def redact(self, text: str | None) -> str | None:
         """``text`` made valid UTF-8, without this client's secrets nor the process's registered
@@ -426,36 +416,3 @@ class VisionClient:
         if text is None:
             return None
         return api_responses.redact(sanitize.valid_text(text), self._secrets)
-
-
-_PROXY_STATUS = re.compile(r"\b(40[37]|50[0-9])\b([A-Za-z ]{0,40})")
-
-
-def new_session(api_key: str | None, pool_size: int, url: str | None = None) -> requests.Session:
-    """A session whose connection pool holds ``pool_size`` keep-alive connections.
-
-    The environment (HTTPS_PROXY / HTTP_PROXY / NO_PROXY, the CA bundle ``tls.ca_bundle``
-    names) is read once here for ``url``, not on every request: with ``trust_env`` on, requests
-    re-reads them and looks for a ~/.netrc on each call, which at hundreds of requests a second is
-    a measurable share of the process. An https:// API is reached through a proxy by a CONNECT
-    tunnel, so the key never crosses the proxy in clear. ``Accept-Encoding`` names only what
-    ``guards.content_coding`` can decode.
-    """
-    session = requests.Session()
-    if url is not None:
-        session.proxies.update(requests.utils.get_environ_proxies(url))
-        bundle = tls.ca_bundle()
-        if bundle:
-            session.verify = bundle
-        session.trust_env = False
-    adapter = requests.adapters.HTTPAdapter(
-        pool_connections=4, pool_maxsize=max(1, pool_size), max_retries=0
-    )
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    session.headers["User-Agent"] = USER_AGENT
-    session.headers["Accept"] = "application/json"
-    session.headers["Accept-Encoding"] = content_coding.ACCEPT_ENCODING
-    if api_key:
-        session.headers["Authorization"] = f"Bearer {api_key}"
-    return session

@@ -1,5 +1,8 @@
 """What a vision chat API answered, read and made safe. No Beam import.
 
+One module (over 400 lines) because every reading of an answer (completion, error body, request
+id, Retry-After, HTTP error page) goes through the same ``clean`` / ``redact`` and caps.
+
 ``api.client`` sends; this module reads what came back: a chat completion (``parse_completion``),
 both error-body shapes seen in the wild — OpenAI's ``{"error": {...}}`` and AI/ML API's
 ``{"message", "statusCode", "requestId", ...}`` (``parse_error_body``) — a non-200 as a whole

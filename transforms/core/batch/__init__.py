@@ -3,10 +3,19 @@
 Other rooms use:
 - ``records``: ``BatchConfig``, ``BatchRecord``, ``resolve_protocol`` (what every sender shares:
   where a batch line is written).
+- ``chunks``: ``ChunkWriter``, the JSONL files a batch's lines are written to.
 - ``transport``: ``BatchHttp`` (one call to a batch API, on ``api.retry``), ``BatchHttpError``.
 - ``openai_sender``: ``OpenAIBatches``; ``anthropic_sender``: ``AnthropicBatches``.
 - ``manifest``: ``Manifest``, the durable record of submitted batches (``--batch_state``).
 - ``shard``: ``BatchShard``, the driver of one shard from planned references to rows.
 """
 
-__all__ = ["anthropic_sender", "manifest", "openai_sender", "records", "shard", "transport"]
+__all__ = [
+    "anthropic_sender",
+    "chunks",
+    "manifest",
+    "openai_sender",
+    "records",
+    "shard",
+    "transport",
+]

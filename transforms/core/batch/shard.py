@@ -22,7 +22,8 @@ ended are not emitted: they are counted as pending, and the next run of the same
 them. A batch refused whole is not paid for, so its lines are submitted again by the next run;
 lines of batches that ended are never submitted again.
 
-Memory: bodies go straight to disk; what stays in memory per row is its id and reference.
+Memory: bodies go straight to disk (``batch.chunks``); what stays in memory per row is its id and
+reference. One module for the four steps: they share the shard's groups and records.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from transforms.core.api import client as vision_api
 from transforms.core.batch.anthropic_sender import AnthropicBatches, use_anthropic_headers
+from transforms.core.batch.chunks import Chunk, ChunkWriter
 from transforms.core.batch.manifest import Manifest
 from transforms.core.batch.openai_sender import OpenAIBatches
 from transforms.core.batch.records import (
@@ -59,7 +61,7 @@ from transforms.core.describe_config import (
 from transforms.core.guards import sanitize
 from transforms.core.images import loader as images
 from transforms.core.images import sources
-from transforms.core.question import answers, models, prompts
+from transforms.core.question import answers, pricing, prompts
 from transforms.core.row_builders import (
     answer_columns,
     description_row,
@@ -71,8 +73,6 @@ from transforms.core.row_builders import (
 from transforms.core.worker_parts import worker_parts
 
 _LOGGER = logging.getLogger(__name__)
-
-_WRAPPER_BYTES = 64  # what a batch body adds around its lines (Anthropic's {"requests": [...]})
 
 
 @dataclasses.dataclass
@@ -86,53 +86,6 @@ class _Group:
     record: str | None = None  # the manifest key of the batch holding the line
     new: bool = False  # submitted by this run
     done: bool = False
-
-
-@dataclasses.dataclass
-class _Chunk:
-    path: str
-    custom_ids: list
-    size: int
-
-
-class ChunkWriter:
-    """JSONL files of at most ``max_requests`` lines and ``max_bytes`` bytes."""
-
-    def __init__(self, folder: str, line: Callable[..., bytes], max_requests: int, max_bytes: int):
-        self.folder, self._line = folder, line
-        self.max_requests, self.max_bytes = max_requests, max(1024, max_bytes - _WRAPPER_BYTES)
-        self._file = None
-        self._ids: list[str] = []
-        self._size = 0
-        self._n = 0
-
-    def add(self, cid: str, body: dict) -> tuple[_Chunk | None, bool]:
-        """Write a line; returns (a chunk that became full first, or None; whether written —
-        False when the line alone is over the byte limit)."""
-        line = self._line(cid, body, first=not self._ids)
-        done = None
-        if self._ids and (
-            len(self._ids) >= self.max_requests or self._size + len(line) > self.max_bytes
-        ):
-            done = self.finish()
-            line = self._line(cid, body, first=True)
-        if len(line) > self.max_bytes:
-            return done, False
-        if self._file is None:
-            self._n += 1
-            self._file = open(os.path.join(self.folder, f"chunk-{self._n}.jsonl"), "wb")
-        self._file.write(line)
-        self._ids.append(cid)
-        self._size += len(line)
-        return done, True
-
-    def finish(self) -> _Chunk | None:
-        if self._file is None:
-            return None
-        self._file.close()
-        chunk = _Chunk(self._file.name, self._ids, self._size)
-        self._file, self._ids, self._size = None, [], 0
-        return chunk
 
 
 def make_sender(bcfg: BatchConfig, http: BatchHttp, api_base: str):
@@ -168,7 +121,7 @@ class BatchShard:
         self.asker = parts.asker
         self.spec = parts.spec
         table = {m: (i, o) for m, i, o in cfg.price_table}
-        self.batch_prices = models.batch_prices(self.spec, table) or self.asker.prices
+        self.batch_prices = pricing.batch_prices(self.spec, table) or self.asker.prices
         self.image_session = parts.image_session
         self.loader = parts.loader
         self.budget = parts.budget
@@ -299,7 +252,7 @@ class BatchShard:
         if full is not None:
             yield from self._submit(full, groups, records, mine)
 
-    def _submit(self, chunk: _Chunk, groups, records, mine):
+    def _submit(self, chunk: Chunk, groups, records, mine):
         record = BatchRecord(
             key=chunk_key(chunk.custom_ids),
             protocol=self.sender.protocol,
@@ -459,10 +412,10 @@ class BatchShard:
         self.counts["prompt_tokens"] += c.prompt_tokens or 0
         self.counts["completion_tokens"] += done_t
         self.counts["cost_microdollars"] += round(
-            models.cost(self.asker.prices, prompt_t, done_t) * 1e6
+            pricing.cost(self.asker.prices, prompt_t, done_t) * 1e6
         )
         self.counts["batch_cost_microdollars"] += round(
-            models.cost(self.batch_prices, prompt_t, done_t) * 1e6
+            pricing.cost(self.batch_prices, prompt_t, done_t) * 1e6
         )
         try:
             extra = self.asker.parse(c.content)

@@ -1,5 +1,8 @@
 """An OpenAI-compatible ``chat/completions`` server on loopback. No Beam import.
 
+One module (over 400 lines) because the request readers, the ``Handler`` and the server are one
+endpoint, and tests extend its ``Handler``.
+
 ``--api_base local`` starts one for the duration of a job so that vision-enrich runs offline and
 without a key; the job talks to it over HTTP through exactly the same client as to a remote API.
 Behind it sits ``offline.analyzer``, a deterministic Pillow analyser — an offline stand-in, not a

@@ -1,5 +1,8 @@
 """The ``--output_schema`` language: the columns a structured answer fills (no Beam import).
 
+One module (over 400 lines) because the compact form and the JSON-Schema form parse into the same
+``AnswerSchema`` through the same name and type checks.
+
 ``--output_schema`` declares the columns a model's answer fills, in one of three forms:
 
 * compact, as BigQuery ``AI.GENERATE_TABLE`` takes it: ``"label STRING, count INT64,

@@ -1,5 +1,8 @@
 """The review page of a run: one self-contained HTML file, safe to open. No Beam import.
 
+One module (over 400 lines) because it is the HTML of one page, every piece escaped by the same
+``esc`` / ``cell``.
+
 ``render(run, thumbs, question)`` turns a ``review.data.RunData`` into the page: a header with
 the run's totals and its question, a card per sampled description (thumbnail, answer, structured
 columns, model, tokens, cost, ``billed``, latency, id and reference) and the failures grouped by
@@ -33,7 +36,7 @@ from typing import Any
 from transforms.core.guards import sanitize
 from transforms.core.images import loader as images
 from transforms.core.images import sources as image_sources
-from transforms.core.question import models
+from transforms.core.question import models, pricing
 from transforms.core.review.data import MAX_DISTINCT, FailureGroup, RunData
 
 THUMB_SIDE = 256
@@ -168,14 +171,14 @@ def _prices(question: Question, requested_model: str | None) -> tuple[float, flo
         found = batch(spec, question.prices) if batch else None
         if found is not None:
             return found
-    return models.prices(spec, question.prices)
+    return pricing.prices(spec, question.prices)
 
 
 def _price_kind(question: Question, requested_model: str) -> str:
     where = "--price_table" if requested_model in question.prices else "list"
     if question.mode != "batch":
         return f"{where} prices"
-    online = models.prices(models.spec_for(requested_model), question.prices)
+    online = pricing.prices(models.spec_for(requested_model), question.prices)
     if _prices(question, requested_model) == online:
         return f"{where} prices (no batch price known)"
     return f"batch prices (from {where})"
@@ -185,7 +188,7 @@ def row_cost(row: Mapping[str, Any], question: Question) -> float:
     if row.get("billed") is False:
         return 0.0
     prices = _prices(question, row.get("requested_model"))
-    return models.cost(prices, row.get("prompt_tokens") or 0, row.get("completion_tokens") or 0)
+    return pricing.cost(prices, row.get("prompt_tokens") or 0, row.get("completion_tokens") or 0)
 
 
 def render(
@@ -221,7 +224,7 @@ def _header(run: RunData, question: Question, sample: int, seed: int, generated:
     price_lines = []
     for model, usage in sorted(t.by_model.items()):
         prices = _prices(question, model)
-        cost += models.cost(prices, usage.prompt_tokens, usage.completion_tokens)
+        cost += pricing.cost(prices, usage.prompt_tokens, usage.completion_tokens)
         known = prices != (0.0, 0.0)
         price_lines.append(
             f"{esc(model)}: {esc(_price_kind(question, model))} ${prices[0]:g} / "

@@ -13,7 +13,7 @@ from tests.support.fake_api import FaultPlan, RecordingApi
 from tests.support.openapi import request_errors
 from transforms.core import describe_config, request_builder
 from transforms.core.api import client as v
-from transforms.core.api import responses
+from transforms.core.api import responses, session
 from transforms.core.api.backpressure import Controller
 from transforms.core.api.retry import RetryPolicy
 from transforms.core.offline.endpoint import Fault
@@ -241,7 +241,7 @@ def test_backoff_never_earlier_than_retry_after():
 def _client(api, key="sk-test-123", **kw):
     kw.setdefault("retry", RetryPolicy(max_retries=4, backoff_base=0.01, backoff_max=0.05))
     kw.setdefault("timeout", 5.0)
-    return v.VisionClient(v.new_session(key, 4), api.base_url, secrets=(key,), **kw)
+    return v.VisionClient(session.new_session(key, 4), api.base_url, secrets=(key,), **kw)
 
 
 def _body(seed=0):
@@ -324,7 +324,7 @@ def test_aimlapi_error_body_and_request_id_reach_the_result():
     from transforms.core.offline.endpoint import ChatEndpoint
 
     with ChatEndpoint(fault=fault) as ep:
-        result = v.VisionClient(v.new_session("k", 1), ep.base_url).complete(_body())
+        result = v.VisionClient(session.new_session("k", 1), ep.base_url).complete(_body())
     assert result.request_id == "req-42" and result.attempts == 1
     assert "Resource limit exhausted" in result.error
 
@@ -361,7 +361,7 @@ def test_redirect_is_not_followed():
     from transforms.core.offline.endpoint import ChatEndpoint
 
     with ChatEndpoint(fault=fault) as ep:
-        result = v.VisionClient(v.new_session("sk-secret", 1), ep.base_url).complete(_body())
+        result = v.VisionClient(session.new_session("sk-secret", 1), ep.base_url).complete(_body())
     assert not result.ok and result.error_type == "redirect" and result.attempts == 1
     assert seen == ["Bearer sk-secret"]
 
@@ -375,7 +375,7 @@ def test_key_is_redacted_from_error_text():
     from transforms.core.offline.endpoint import ChatEndpoint
 
     with ChatEndpoint(fault=fault) as ep:
-        result = v.VisionClient(v.new_session(key, 1), ep.base_url, secrets=(key,)).complete(
+        result = v.VisionClient(session.new_session(key, 1), ep.base_url, secrets=(key,)).complete(
             _body()
         )
     assert key not in result.error and "***" in result.error
@@ -383,7 +383,7 @@ def test_key_is_redacted_from_error_text():
 
 def test_connection_refused_is_retried_then_reported():
     client = v.VisionClient(
-        v.new_session("k", 1),
+        session.new_session("k", 1),
         "http://127.0.0.1:9/v1",
         retry=RetryPolicy(max_retries=1, backoff_base=0.01),
     )

@@ -16,6 +16,7 @@ from transforms.core.api import client as v
 from transforms.core.api import responses as api_responses
 from transforms.core.api.ratelimit import RateLimiter
 from transforms.core.api.retry import RetryPolicy
+from transforms.core.api.session import new_session
 from transforms.core.guards import sanitize
 
 KEY = "sk-test-SECRET-0123456789abcdef"
@@ -30,9 +31,7 @@ def _no_registered_secrets():
 
 def _client(api, *, retries=0, timeout=5.0, secrets=(KEY,), **kw):
     kw.setdefault("retry", RetryPolicy(max_retries=retries, backoff_base=0.01, backoff_max=0.05))
-    return v.VisionClient(
-        v.new_session(KEY, 2), api.base_url, timeout=timeout, secrets=secrets, **kw
-    )
+    return v.VisionClient(new_session(KEY, 2), api.base_url, timeout=timeout, secrets=secrets, **kw)
 
 
 def _body(seed=0):
@@ -280,7 +279,7 @@ def test_error_body_that_is_not_an_object_is_redacted():
 def test_client_redact_catches_fragments_with_own_and_registered_secrets():
     other = "sk-other-REGISTERED-9876543210"
     sanitize.register_secret(other)
-    client = v.VisionClient(v.new_session(None, 1), "http://127.0.0.1:9/v1", secrets=(KEY,))
+    client = v.VisionClient(new_session(None, 1), "http://127.0.0.1:9/v1", secrets=(KEY,))
     text = client.redact(f"{KEY[-12:]} middle {other} end {KEY[:10]}")
     assert_no_key(text)
     assert other not in text and other[:10] not in text
@@ -295,9 +294,7 @@ def test_redirect_location_is_redacted():
         return Fault("status", 307, headers={"Location": "http://x/" + "p" * 190 + KEY})
 
     with ChatEndpoint(fault=fault) as ep:
-        result = v.VisionClient(v.new_session(KEY, 1), ep.base_url, secrets=(KEY,)).complete(
-            _body()
-        )
+        result = v.VisionClient(new_session(KEY, 1), ep.base_url, secrets=(KEY,)).complete(_body())
     assert result.error_type == "redirect"
     assert_no_key(result.error)
 
@@ -348,7 +345,7 @@ def test_successful_answer_carries_the_gateway_request_id():
         return Fault("status", 200, body=sha_answer(body), headers={"x-litellm-call-id": "call-9"})
 
     with ChatEndpoint(fault=fault) as ep:
-        result = v.VisionClient(v.new_session(KEY, 1), ep.base_url).complete(_body())
+        result = v.VisionClient(new_session(KEY, 1), ep.base_url).complete(_body())
     assert result.ok and result.request_id == "call-9"
 
 
@@ -405,7 +402,7 @@ def test_absurd_retry_after_is_capped_by_the_policy():
 
     with ChatEndpoint(answer=sha_answer, fault=fault) as ep:
         client = v.VisionClient(
-            v.new_session(KEY, 1),
+            new_session(KEY, 1),
             ep.base_url,
             retry=RetryPolicy(max_retries=1, max_retry_after=0.5),
             sleep=waits.append,

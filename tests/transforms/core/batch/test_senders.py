@@ -25,7 +25,7 @@ from transforms.core.batch.openai_sender import OpenAIBatches, parse_line
 from transforms.core.batch.records import BatchRecord, chunk_key, custom_id, resolve_protocol
 from transforms.core.batch.transport import BatchHttp, BatchHttpError
 from transforms.core.offline.endpoint import ChatEndpoint
-from transforms.core.question import models
+from transforms.core.question import models, pricing
 
 
 def body_for(seed, model="gpt-4o", system=None):
@@ -209,10 +209,10 @@ def test_manifest_round_trip_and_atomic_rewrite(tmp_path):
 
 
 def test_batch_prices_are_half_of_list_for_openai_and_anthropic():
-    assert models.batch_prices(models.spec_for("gpt-4o"), None) == (1.25, 5.0)
+    assert pricing.batch_prices(models.spec_for("gpt-4o"), None) == (1.25, 5.0)
     claude = models.spec_for("claude-3-5-sonnet-20240620")
-    assert models.batch_prices(claude, None) == (claude.input_price / 2, claude.output_price / 2)
-    assert models.batch_prices(models.spec_for("no-such-model"), None) is None
+    assert pricing.batch_prices(claude, None) == (claude.input_price / 2, claude.output_price / 2)
+    assert pricing.batch_prices(models.spec_for("no-such-model"), None) is None
 
 
 def test_official_openai_client_drives_the_embedded_endpoint():

@@ -20,6 +20,7 @@ import requests
 from transforms.core import describe_config, request_builder
 from transforms.core.api import client as vision_api
 from transforms.core.api.retry import RetryPolicy
+from transforms.core.api.session import new_session
 from transforms.core.batch.transport import BatchHttp, BatchHttpError
 from transforms.core.guards import content_coding, deadline
 
@@ -199,7 +200,7 @@ def test_bodies_that_do_not_decode_raise_decode_error(serve, headers, wire):
 
 # -- through the API client ---------------------------------------------------------------------
 def _client(url, **kw):
-    session = vision_api.new_session("sk-test-bodies-0123456789", 4, url)
+    session = new_session("sk-test-bodies-0123456789", 4, url)
     return vision_api.VisionClient(
         session, url, timeout=kw.pop("timeout", 5), sleep=lambda s: None, **kw
     )
@@ -277,14 +278,14 @@ def test_a_413_page_is_final_and_says_what_to_lower(serve):
 def test_batch_transport_decodes_json_and_files(serve):
     lines = b"".join(json.dumps({"custom_id": f"ve-{i}"}).encode() + b"\n" for i in range(50))
     server = serve(lambda: (200, {"Content-Encoding": "gzip"}, [gzip.compress(lines)], 0, True))
-    http = BatchHttp(vision_api.new_session("sk-x", 2, server.url), timeout=5)
+    http = BatchHttp(new_session("sk-x", 2, server.url), timeout=5)
     content, _ = http.call("GET", server.url + "/files/f/content")
     assert content == lines
 
 
 def test_batch_transport_names_an_undecodable_2xx_with_its_status(serve):
     server = serve(lambda: (200, {"Content-Encoding": "br"}, [b"nope"], 0, False))
-    http = BatchHttp(vision_api.new_session("sk-x", 2, server.url), timeout=5)
+    http = BatchHttp(new_session("sk-x", 2, server.url), timeout=5)
     with pytest.raises(BatchHttpError) as caught:
         http.json("POST", server.url + "/batches", {"input_file_id": "f"})
     assert caught.value.status == 200 and caught.value.error_type == "bad_encoding"

@@ -1,0 +1,137 @@
+"""What tokens cost: a spec's list prices, a ``--price_table``'s, and batch discounts. No Beam
+import.
+
+Prices are USD per 1M tokens. ``prices`` picks a model's (input, output) prices (the table's
+entry for its id, else the ``ModelSpec``'s list prices), ``cost`` turns tokens into USD,
+``batch_prices`` applies a provider's batch discount, and ``parse_price_table`` reads
+``--price_table`` (inline JSON or a JSON file) with errors that show the expected shape.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+from transforms.core.question.models import ModelSpec
+
+
+# -- prices ----------------------------------------------------------------------------------
+def cost(
+    spec_or_prices: ModelSpec | tuple[float, float], prompt_tokens: int, completion_tokens: int
+) -> float:
+    """USD for the given tokens at a spec's list prices or at ``(input, output)`` per 1M."""
+    if isinstance(spec_or_prices, ModelSpec):
+        price_in, price_out = spec_or_prices.input_price, spec_or_prices.output_price
+    else:
+        price_in, price_out = spec_or_prices
+    return (prompt_tokens * price_in + completion_tokens * price_out) / 1_000_000
+
+
+PRICE_TABLE_SHAPE = (
+    '{"<model id>": {"input": <USD per 1M input tokens>, "output": <USD per 1M output tokens>}}'
+    ', e.g. {"gpt-4o": {"input": 2.5, "output": 10}}'
+)
+
+
+def parse_price_table(text: str) -> dict[str, tuple[float, float]]:
+    """``--price_table``: inline JSON, or the path of a JSON file, mapping model ids to prices in
+    USD per 1M tokens, ``{"gpt-4o": {"input": 2.5, "output": 10}, ...}``.
+
+    Returns ``{model_id: (input, output)}``. Raises ValueError saying what is wrong and showing
+    the expected shape.
+    """
+    source = "--price_table"
+    stripped = (text or "").strip()
+    if not stripped:
+        raise ValueError(f"{source} is empty; expected {PRICE_TABLE_SHAPE}")
+    if not stripped.startswith(("{", "[")):
+        path = pathlib.Path(stripped).expanduser()
+        if not path.is_file():
+            raise ValueError(
+                f"{source} {stripped!r} is neither inline JSON (starting with '{{') nor a "
+                f"readable local file; expected {PRICE_TABLE_SHAPE}"
+            )
+        source = f"{source} file {str(path)!r}"
+        try:
+            stripped = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{source} could not be read: {exc}") from None
+    try:
+        table = json.loads(stripped)
+    except ValueError as exc:
+        raise ValueError(
+            f"{source} is not valid JSON ({exc}); expected {PRICE_TABLE_SHAPE}"
+        ) from None
+    if not isinstance(table, dict):
+        raise ValueError(
+            f"{source} must be a JSON object, got {type(table).__name__}; "
+            f"expected {PRICE_TABLE_SHAPE}"
+        )
+    out: dict[str, tuple[float, float]] = {}
+    for model_id, entry in table.items():
+        where = f"{source}: {model_id!r}"
+        if not model_id.strip():
+            raise ValueError(f"{source} has an empty model id; expected {PRICE_TABLE_SHAPE}")
+        if not isinstance(entry, dict):
+            raise ValueError(
+                f"{where} must be an object with 'input' and 'output', got "
+                f"{json.dumps(entry)}; expected {PRICE_TABLE_SHAPE}"
+            )
+        missing = [k for k in ("input", "output") if k not in entry]
+        if missing:
+            raise ValueError(
+                f"{where} is missing {' and '.join(repr(k) for k in missing)}; "
+                f"expected {PRICE_TABLE_SHAPE}"
+            )
+        extra = sorted(set(entry) - {"input", "output"})
+        if extra:
+            raise ValueError(
+                f"{where} has unexpected key(s) {', '.join(map(repr, extra))}; "
+                f"expected {PRICE_TABLE_SHAPE}"
+            )
+        out[model_id] = (
+            _price(entry["input"], f"{where} input"),
+            _price(entry["output"], f"{where} output"),
+        )
+    return out
+
+
+def _price(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            f"{where} is not a number: {json.dumps(value)}; expected {PRICE_TABLE_SHAPE}"
+        )
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"{where} must be a finite number >= 0, got {value}; expected {PRICE_TABLE_SHAPE}"
+        )
+    return float(value)
+
+
+def prices(spec: ModelSpec, table: Mapping[str, tuple[float, float]] | None) -> tuple[float, float]:
+    """(input, output) USD per 1M tokens: the table's entry for this id, else list prices."""
+    if table and spec.id in table:
+        price_in, price_out = table[spec.id]
+        return float(price_in), float(price_out)
+    return spec.input_price, spec.output_price
+
+
+# -- batch prices ----------------------------------------------------------------------------
+# OpenAI's Batch API and Anthropic's Message Batches bill 50 % of the list prices (their price
+# pages). Other families: no batch price is known here; batch mode counts them at list prices.
+BATCH_DISCOUNTS = {"openai": 0.5, "anthropic": 0.5}
+
+
+def batch_prices(
+    spec: ModelSpec, table: Mapping[str, tuple[float, float]] | None
+) -> tuple[float, float] | None:
+    """(input, output) USD per 1M tokens through a provider's batch API, or None if unknown.
+    A ``--price_table`` entry is taken as the model's online price and discounted alike."""
+    discount = BATCH_DISCOUNTS.get(spec.family) if spec.known else None
+    if discount is None:
+        return None
+    price_in, price_out = prices(spec, table)
+    return price_in * discount, price_out * discount
