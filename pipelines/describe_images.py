@@ -27,9 +27,8 @@ from apache_beam.options.pipeline_options import (
 from pipelines import preflight, review
 from pipelines.batch_setup import batch_config, local_store
 from pipelines.batch_summary import format_batch_dry_run, format_batch_summary
-from pipelines.describe_options import LOCAL, TABLE_SPEC, DescribeImagesOptions  # noqa: F401
-from pipelines.describe_setup import (  # noqa: F401 (the job's public names)
-    Derived,
+from pipelines.describe_options import LOCAL, DescribeImagesOptions
+from pipelines.describe_setup import (
     OptionsError,
     derived,
     describe_config,
@@ -40,8 +39,16 @@ from pipelines.describe_setup import (  # noqa: F401 (the job's public names)
 from pipelines.summary import every_row_failed, format_dry_run, format_summary, summarize
 from schemas import rows as schema
 from transforms import describe_images as di
+from transforms.core.describe_config import (
+    DESCRIPTIONS,
+    FAILURES,
+    NAMESPACE,
+    DescribeConfig,
+    extra_fields,
+)
 from transforms.core.guards import sanitize
 from transforms.core.offline.endpoint import ChatEndpoint
+from transforms.core.row_builders import failure_row
 from transforms.describe_in_batches import DescribeInBatches
 from transforms.estimate_requests import EstimateRequests
 from transforms.group_by_content import GroupByContent
@@ -97,9 +104,9 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions, api_base: str, bi
         outputs = requests | "DescribeInBatches" >> DescribeInBatches(cfg, bcfg)
     else:
         outputs = requests | "DescribeImages" >> di.DescribeImages(cfg)
-    descriptions = outputs[di.DESCRIPTIONS]
-    failures = (unplanned, outputs[di.FAILURES]) | "JobFailures" >> beam.Flatten()
-    fields = schema.description_fields(di.extra_fields(cfg))
+    descriptions = outputs[DESCRIPTIONS]
+    failures = (unplanned, outputs[FAILURES]) | "JobFailures" >> beam.Flatten()
+    fields = schema.description_fields(extra_fields(cfg))
     if opts.output_table:
         refused = descriptions | "WriteDescriptionsToBigQuery" >> WriteRowsToBigQuery(
             opts.output_table,
@@ -134,11 +141,11 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions, api_base: str, bi
     return descriptions, failures, skipped
 
 
-def _refused_failure_row(refused, cfg: di.DescribeConfig) -> dict:
+def _refused_failure_row(refused, cfg: DescribeConfig) -> dict:
     """A description row BigQuery would not take becomes a failure row (stage ``write``)."""
     row, error = refused
     attempts = row.get("attempts")
-    return di.failure_row(
+    return failure_row(
         row,
         "write",
         error,
@@ -154,7 +161,7 @@ def _report_refused_failure(refused) -> None:
     # Nowhere is left to put a failure row the failures table refuses: say so loudly.
     row, error = refused
     _LOGGER.error("failure row for %s was refused by BigQuery too: %s", row.get("image_id"), error)
-    Metrics.counter(di.NAMESPACE, "failure_rows_refused").inc()
+    Metrics.counter(NAMESPACE, "failure_rows_refused").inc()
 
 
 def _bare_dry_run(argv: list[str]) -> list[str]:

@@ -23,11 +23,10 @@ from apache_beam.options.pipeline_options import (
 from pipelines.batch_setup import validate_batch
 from pipelines.describe_options import LOCAL, TABLE_SPEC, DescribeImagesOptions
 from pipelines.describe_options import flag as parse_flag
-from transforms import describe_images as di
 from transforms.core.api import shared_limit
 from transforms.core.api.ratelimit import worker_count_share, worker_share
 from transforms.core.api.retry import RetryPolicy
-from transforms.core.describe_config import ChatConfig
+from transforms.core.describe_config import RESERVED_COLUMNS, ChatConfig, DescribeConfig
 from transforms.core.guards import netguard, secrets
 from transforms.core.images import loader as images
 from transforms.core.question import models, pricing, prompts
@@ -159,7 +158,7 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
     if opts.output_schema:
         d.output_schema = _read_schema_text(opts.output_schema)
         try:
-            structured.parse_output_schema(d.output_schema, di.RESERVED_COLUMNS)
+            structured.parse_output_schema(d.output_schema, RESERVED_COLUMNS)
         except structured.SchemaError as exc:
             raise OptionsError(f"--output_schema: {exc}") from None
     if not opts.input:
@@ -271,13 +270,13 @@ def _validate_skip_existing(opts: DescribeImagesOptions, d: Derived) -> None:
         d.output_name = f"descriptions-{stamp}-{d.run_id[:8]}"
 
 
-def describe_config(options: PipelineOptions, api_base: str) -> di.DescribeConfig:
+def describe_config(options: PipelineOptions, api_base: str) -> DescribeConfig:
     opts = options.view_as(DescribeImagesOptions)
     d = derived(options)
     template = template_of(opts)
     workers = worker_processes(options)
     local = opts.api_base == LOCAL
-    return di.DescribeConfig(
+    return DescribeConfig(
         api_base=api_base,
         api_key_env=None if local else opts.api_key_env,
         api_key_secret=None if local else opts.api_key_secret,

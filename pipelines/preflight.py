@@ -8,7 +8,7 @@
   launch instead of failing every row on the workers; so does a TLS failure (unknown CA, wrong
   host name, expired certificate) or a proxy's refusal, in one line naming the host and cause.
   It costs one request; ``--skip_preflight`` turns it off.
-(The input is checked by ``describe_images.validate``: it must be listable Parquet with the
+(The input is checked by ``describe_setup.validate``: it must be listable Parquet with the
 named columns.)
 """
 

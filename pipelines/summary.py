@@ -7,14 +7,14 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from pipelines.describe_options import DescribeImagesOptions
 from pipelines.describe_setup import derived
-from transforms import describe_images as di
+from transforms.core.describe_config import NAMESPACE
 from transforms.core.question import models, pricing
 
 
 def summarize(result, elapsed: float) -> dict[str, float]:
     """Totals of the job's counters, read back from the pipeline result."""
     totals: dict[str, float] = {}
-    query = result.metrics().query(MetricsFilter().with_namespace(di.NAMESPACE))
+    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
     for counter in query["counters"]:
         name = counter.key.metric.name
         value = counter.committed if counter.committed is not None else counter.attempted

@@ -71,7 +71,7 @@ class DescribeImageRows(beam.PTransform):
                 "`python -m transforms.core.offline.endpoint` and point api_base at it"
             )
         self._image_column, self._id_column = image_column, id_column
-        self._cfg = di.DescribeConfig(
+        self._cfg = describe_config.DescribeConfig(
             api_base=api_base,
             api_key_env=api_key_env,
             api_key_secret=api_key_secret,
@@ -101,8 +101,11 @@ class DescribeImageRows(beam.PTransform):
         )
         typed = {}
         for tag, fields in (
-            (di.DESCRIPTIONS, schema.description_fields(di.extra_fields(self._cfg))),
-            (di.FAILURES, schema.FAILURE_FIELDS),
+            (
+                describe_config.DESCRIPTIONS,
+                schema.description_fields(describe_config.extra_fields(self._cfg)),
+            ),
+            (describe_config.FAILURES, schema.FAILURE_FIELDS),
         ):
             row_type = RowTypeConstraint.from_fields(schema.to_beam_fields(fields))
             names = tuple(f.name for f in fields)

@@ -26,24 +26,15 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
 from schemas import rows as schema
-from transforms.core.describe_config import (  # noqa: F401 (the transform's public names)
+from transforms.core.describe_config import (
     DESCRIPTIONS,
     FAILURES,
     NAMESPACE,
-    RESERVED_COLUMNS,
     DescribeConfig,
     extra_fields,
-    image_options,
-    plan_ref,
-    question,
-    scaled_size,
-    sent_instructions,
 )
-from transforms.core.online.worker import ACCOUNT_STATUSES, Outcome, Worker  # noqa: F401
-from transforms.core.row_builders import (  # noqa: F401
-    answer_columns,
-    description_row,
-    failure_row,
+from transforms.core.online.worker import Outcome, Worker
+from transforms.core.row_builders import (
     group_refs,
     internal_failure_rows,
 )

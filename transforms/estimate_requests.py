@@ -17,26 +17,33 @@ import threading
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms import describe_images as di
+from transforms.core.describe_config import (
+    NAMESPACE,
+    DescribeConfig,
+    image_options,
+    question,
+    scaled_size,
+    sent_instructions,
+)
 from transforms.core.images import loader as images
 from transforms.core.images import sources
 from transforms.core.question import models
 
 
 class _Estimate(beam.DoFn):
-    def __init__(self, cfg: di.DescribeConfig):
+    def __init__(self, cfg: DescribeConfig):
         self._cfg = cfg
 
     def setup(self):
         cfg = self._cfg
         self._spec = models.spec_for(cfg.chat.model)
-        self._template, self._schema = di.question(cfg)
-        self._instructions = di.sent_instructions(self._spec, self._schema)
-        options = di.image_options(cfg, self._spec)
+        self._template, self._schema = question(cfg)
+        self._instructions = sent_instructions(self._spec, self._schema)
+        options = image_options(cfg, self._spec)
         self._loader = images.ImageLoader(options)
         self._seen: set[str] = set()
         self._lock = threading.Lock()
-        c = lambda name: Metrics.counter(di.NAMESPACE, name)  # noqa: E731
+        c = lambda name: Metrics.counter(NAMESPACE, name)  # noqa: E731
         self._rows, self._requests = c("dry_run_rows"), c("dry_run_requests")
         self._unreadable, self._same_bytes = c("dry_run_unreadable"), c("dry_run_same_bytes")
         self._unknown_size = c("dry_run_unknown_size")
@@ -69,7 +76,7 @@ class _Estimate(beam.DoFn):
                 return
         if found.width is None:
             self._unknown_size.inc()
-        width, height = di.scaled_size(
+        width, height = scaled_size(
             found.width, found.height, self._loader.options.max_side, self._spec, chat.detail
         )
         image_t, text_t, bound = models.estimate_tokens(
@@ -97,7 +104,7 @@ class _Estimate(beam.DoFn):
 
 
 class EstimateRequests(beam.PTransform):
-    def __init__(self, cfg: di.DescribeConfig, label: str | None = None):
+    def __init__(self, cfg: DescribeConfig, label: str | None = None):
         super().__init__(label)
         self._cfg = cfg
 

@@ -28,7 +28,6 @@ import hashlib
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms import describe_images as di
 from transforms.core import describe_config, ledger
 from transforms.core.images import loader as images
 from transforms.core.question import models
@@ -41,13 +40,13 @@ def _short_key(text: str) -> bytes:
 
 
 class _KeyByContent(beam.DoFn):
-    def __init__(self, cfg: di.DescribeConfig):
+    def __init__(self, cfg: describe_config.DescribeConfig):
         self._cfg = cfg
 
     def setup(self):
         spec = models.spec_for(self._cfg.chat.model)
-        self._loader = images.ImageLoader(di.image_options(self._cfg, spec))
-        self._unread = Metrics.counter(di.NAMESPACE, "content_hash_unread")
+        self._loader = images.ImageLoader(describe_config.image_options(self._cfg, spec))
+        self._unread = Metrics.counter(describe_config.NAMESPACE, "content_hash_unread")
         self._packer = describe_config.RefPacker(self._cfg)
         self._digests: collections.OrderedDict[str, str | None] = collections.OrderedDict()
 
@@ -86,12 +85,12 @@ def _order(ref) -> tuple[str, str]:
 class _Merge(beam.DoFn):
     """(key, requests) -> one request whose ``duplicates`` hold every other row of the group."""
 
-    def __init__(self, cfg: di.DescribeConfig):
+    def __init__(self, cfg: describe_config.DescribeConfig):
         self._cfg = cfg
 
     def setup(self):
-        self._shared = Metrics.counter(di.NAMESPACE, "rows_sharing_identical_bytes")
-        self._same_reference = Metrics.counter(di.NAMESPACE, "rows_sharing_a_request")
+        self._shared = Metrics.counter(describe_config.NAMESPACE, "rows_sharing_identical_bytes")
+        self._same_reference = Metrics.counter(describe_config.NAMESPACE, "rows_sharing_a_request")
         self._packer = describe_config.RefPacker(self._cfg)
 
     def process(self, element):
@@ -123,7 +122,7 @@ class _Merge(beam.DoFn):
 
 
 class GroupByContent(beam.PTransform):
-    def __init__(self, cfg: di.DescribeConfig, label: str | None = None):
+    def __init__(self, cfg: describe_config.DescribeConfig, label: str | None = None):
         super().__init__(label)
         self._cfg = cfg
 

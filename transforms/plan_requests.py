@@ -23,9 +23,9 @@ import logging
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms import describe_images as di
 from transforms.core import describe_config, ledger
 from transforms.core.question import prompts
+from transforms.core.row_builders import failure_row, internal_failure_rows
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -34,39 +34,39 @@ SKIPPED = "skipped"
 
 
 class _Render(beam.DoFn):
-    def __init__(self, cfg: di.DescribeConfig):
+    def __init__(self, cfg: describe_config.DescribeConfig):
         self._cfg = cfg
 
     def setup(self):
-        self._template, self._schema = di.question(self._cfg)
-        self._bad = Metrics.counter(di.NAMESPACE, "images_failed")
+        self._template, self._schema = describe_config.question(self._cfg)
+        self._bad = Metrics.counter(describe_config.NAMESPACE, "images_failed")
 
     def process(self, ref):
         try:
-            yield di.plan_ref(ref, self._cfg, self._template, self._schema)
+            yield describe_config.plan_ref(ref, self._cfg, self._template, self._schema)
         except prompts.PromptError as exc:
             self._bad.inc()
             yield beam.pvalue.TaggedOutput(
-                di.FAILURES,
-                di.failure_row(ref, "read", str(exc), exc.error_type, None, None, 0, self._cfg),
+                describe_config.FAILURES,
+                failure_row(ref, "read", str(exc), exc.error_type, None, None, 0, self._cfg),
             )
         except Exception as exc:  # one row's surprise is that row's failure, not the job's
             _LOGGER.exception("unexpected error planning one row")
             self._bad.inc()
-            for row in di.internal_failure_rows([ref], "read", exc, self._cfg):
-                yield beam.pvalue.TaggedOutput(di.FAILURES, row)
+            for row in internal_failure_rows([ref], "read", exc, self._cfg):
+                yield beam.pvalue.TaggedOutput(describe_config.FAILURES, row)
 
 
 class _Group(beam.DoFn):
     """(key, {'new': packed refs, 'done': ids}) -> one ref carrying its ``duplicates``; skipped
     refs."""
 
-    def __init__(self, cfg: di.DescribeConfig):
+    def __init__(self, cfg: describe_config.DescribeConfig):
         self._cfg = cfg
 
     def setup(self):
-        self._skipped = Metrics.counter(di.NAMESPACE, "rows_skipped_existing")
-        self._duplicates = Metrics.counter(di.NAMESPACE, "rows_sharing_a_request")
+        self._skipped = Metrics.counter(describe_config.NAMESPACE, "rows_skipped_existing")
+        self._duplicates = Metrics.counter(describe_config.NAMESPACE, "rows_sharing_a_request")
         self._packer = describe_config.RefPacker(self._cfg)
 
     def process(self, element):
@@ -91,7 +91,7 @@ class _Group(beam.DoFn):
 
 
 class _KeyByReference(beam.DoFn):
-    def __init__(self, cfg: di.DescribeConfig):
+    def __init__(self, cfg: describe_config.DescribeConfig):
         self._cfg = cfg
 
     def setup(self):
@@ -104,7 +104,7 @@ class _KeyByReference(beam.DoFn):
 class PlanRequests(beam.PTransform):
     def __init__(
         self,
-        cfg: di.DescribeConfig,
+        cfg: describe_config.DescribeConfig,
         existing=None,
         label: str | None = None,
         by_content: bool = False,
@@ -116,11 +116,11 @@ class PlanRequests(beam.PTransform):
 
     def expand(self, refs):
         planned = refs | "RenderPrompts" >> beam.ParDo(_Render(self._cfg)).with_outputs(
-            di.FAILURES, main=PLANNED
+            describe_config.FAILURES, main=PLANNED
         )
         if self._existing is None and self._by_content:
             none = refs.pipeline | "NothingSkipped" >> beam.Create([])
-            return planned[PLANNED], planned[di.FAILURES], none
+            return planned[PLANNED], planned[describe_config.FAILURES], none
         keyed = planned[PLANNED] | "KeyByReference" >> beam.ParDo(_KeyByReference(self._cfg))
         existing = self._existing
         if existing is None:
@@ -131,4 +131,4 @@ class PlanRequests(beam.PTransform):
             | "OneRequestPerImage"
             >> beam.ParDo(_Group(self._cfg)).with_outputs(SKIPPED, main=PLANNED)
         )
-        return groups[PLANNED], planned[di.FAILURES], groups[SKIPPED]
+        return groups[PLANNED], planned[describe_config.FAILURES], groups[SKIPPED]

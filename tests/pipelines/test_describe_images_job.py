@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import describe_images as job
+from pipelines.describe_setup import validate
 from schemas import rows as schema
 from tests.pipelines.conftest import read_output, write_input
 from tests.support import images as timg
@@ -267,7 +268,7 @@ def test_bigquery_input_is_wired_in_place_of_parquet(flag, value, tmp_path):
     options = PipelineOptions(
         [flag, value, "--output", str(tmp_path), "--api_base", "local", "--runner", "FnApiRunner"]
     )
-    job.validate(options)
+    validate(options)
     p = beam.Pipeline(options=options)
     job.build_pipeline(p, options, "http://127.0.0.1:9/v1")
     labels = []

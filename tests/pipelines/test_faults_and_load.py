@@ -9,6 +9,7 @@ from pipelines import describe_images as job
 from tests.pipelines.conftest import KEY, read_output, write_input
 from tests.support.fake_api import FaultPlan, RecordingApi
 from transforms import describe_images as di
+from transforms.core.describe_config import NAMESPACE
 from transforms.core.offline.endpoint import Fault
 
 RETRY_AFTER_KINDS = ("429_retry_after", "429_ms", "429_retry_after_date")
@@ -17,7 +18,7 @@ RETRY_AFTER_KINDS = ("429_retry_after", "429_ms", "429_retry_after_date")
 def counters(result):
     totals = {}
     for c in result.metrics().query()["counters"]:
-        if c.key.metric.namespace == di.NAMESPACE:
+        if c.key.metric.namespace == NAMESPACE:
             totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + c.committed
     return totals
 

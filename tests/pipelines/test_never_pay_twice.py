@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipelines.describe_setup import derived, validate
 from tests.pipelines.conftest import read_output, write_input
 from tests.support import images as timg
 from tests.support.fake_api import RecordingApi, image_digest, sha_answer
@@ -157,8 +158,6 @@ def test_runs_appending_in_the_same_second_write_files_of_their_own(tmp_path, mo
 
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines import describe_images as job
-
     source, _ = write_input(tmp_path, 1)
     out = tmp_path / "out"
     out.mkdir()
@@ -171,8 +170,8 @@ def test_runs_appending_in_the_same_second_write_files_of_their_own(tmp_path, mo
             ["--input", source, "--output", str(out), "--api_base", "local"]
             + ["--skip_existing", str(out)]
         )
-        job.validate(options)
-        names.add(job.derived(options).output_name)
+        validate(options)
+        names.add(derived(options).output_name)
     assert len(names) == 2
     assert all(n.startswith("descriptions-20260102T030405Z-") for n in names)
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from pipelines.describe_images import DescribeImagesOptions
+from pipelines.describe_options import DescribeImagesOptions
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 METADATA = json.loads((ROOT / "templates" / "metadata.json").read_text())

@@ -13,7 +13,9 @@ from schemas import rows as schema
 from tests.support.fake_api import RecordingApi
 from tests.transforms.test_describe_images import config, make_images, run_fn
 from transforms import describe_images as di
+from transforms.core import describe_config
 from transforms.core.api import client as vision_api
+from transforms.core.describe_config import DescribeConfig
 from transforms.core.images import loader as images
 from transforms.core.online import worker as describer
 from transforms.core.question import answers
@@ -150,15 +152,16 @@ def test_a_row_that_does_not_fit_its_columns_becomes_a_failure_row(tmp_path, mon
 def test_a_surprise_while_planning_is_a_failure_row_under_a_pipeline(tmp_path, monkeypatch):
     """Under TestPipeline: PlanRequests meets a row its prompt renderer chokes on."""
     refs, _ = make_images(tmp_path, 4)
-    original = di.plan_ref
+    original = describe_config.plan_ref
 
     def plan(ref, *args, **kwargs):
         if ref.get("image_id") == "id-2":
             raise Boom("renderer bug")
         return original(ref, *args, **kwargs)
 
-    monkeypatch.setattr(di, "plan_ref", plan)
-    cfg = di.DescribeConfig(api_base="http://127.0.0.1:9/v1", run_id=uuid.uuid4().hex)
+    # PlanRequests looks the name up as describe_config.plan_ref when it runs
+    monkeypatch.setattr(describe_config, "plan_ref", plan)
+    cfg = DescribeConfig(api_base="http://127.0.0.1:9/v1", run_id=uuid.uuid4().hex)
     with TestPipeline(runner="FnApiRunner") as p:
         planned, failures, _ = p | beam.Create(refs) | PlanRequests(cfg)
         assert_that(

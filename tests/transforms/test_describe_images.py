@@ -15,12 +15,13 @@ from tests.support import images as timg
 from tests.support.fake_api import FaultPlan, RecordingApi
 from transforms import describe_images as di
 from transforms.core.api.retry import RetryPolicy
+from transforms.core.describe_config import DESCRIPTIONS, FAILURES, NAMESPACE, DescribeConfig
 
 
 def config(api, **kw):
     kw.setdefault("retry", RetryPolicy(max_retries=3, backoff_base=0.01, backoff_max=0.05))
     kw.setdefault("request_timeout", 5.0)
-    return di.DescribeConfig(api_base=api.base_url, api_key_env="VE_TEST_KEY", **kw)
+    return DescribeConfig(api_base=api.base_url, api_key_env="VE_TEST_KEY", **kw)
 
 
 def make_images(tmp_path, n, start=0):
@@ -36,14 +37,14 @@ def make_images(tmp_path, n, start=0):
 
 def run_fn(fn, batches):
     """Drive the DoFn as a runner would; returns (descriptions, failures)."""
-    out = {di.DESCRIPTIONS: [], di.FAILURES: []}
+    out = {DESCRIPTIONS: [], FAILURES: []}
 
     def collect(items):
         for item in items or ():
             if isinstance(item, beam.pvalue.TaggedOutput):
                 out[item.tag].append(item.value.value)
             else:
-                out[di.DESCRIPTIONS].append(item.value)
+                out[DESCRIPTIONS].append(item.value)
 
     fn.setup()
     try:
@@ -53,7 +54,7 @@ def run_fn(fn, batches):
         collect(fn.finish_bundle())
     finally:
         fn.teardown()
-    return out[di.DESCRIPTIONS], out[di.FAILURES]
+    return out[DESCRIPTIONS], out[FAILURES]
 
 
 def test_dofn_setup_process_teardown(tmp_path, monkeypatch):
@@ -127,13 +128,13 @@ def test_composite_under_test_pipeline(tmp_path, monkeypatch):
             | di.DescribeImages(config(api, max_concurrency=4, batch_size=8))
         )
         assert_that(
-            outputs[di.DESCRIPTIONS]
+            outputs[DESCRIPTIONS]
             | "Answers" >> beam.Map(lambda r: (r["image_id"], r["description"])),
             equal_to([(k, "sha256:" + d) for k, d in digests.items()]),
             label="CheckDescriptions",
         )
         assert_that(
-            outputs[di.FAILURES]
+            outputs[FAILURES]
             | "Kinds" >> beam.Map(lambda r: (r["image_id"], r["stage"], r["error_type"])),
             equal_to(
                 [
@@ -149,7 +150,7 @@ def test_composite_under_test_pipeline(tmp_path, monkeypatch):
     counters = {
         c.key.metric.name: c.committed
         for c in result.metrics().query()["counters"]
-        if c.key.metric.namespace == di.NAMESPACE
+        if c.key.metric.namespace == NAMESPACE
     }
     assert counters["images_described"] == 30 and counters["images_failed"] == 3
     assert counters["requests"] == 33 and counters["retries"] == 3
@@ -158,6 +159,6 @@ def test_composite_under_test_pipeline(tmp_path, monkeypatch):
     dists = {
         d.key.metric.name: d.committed
         for d in result.metrics().query()["distributions"]
-        if d.key.metric.namespace == di.NAMESPACE
+        if d.key.metric.namespace == NAMESPACE
     }
     assert dists["request_latency_ms"].count == 30

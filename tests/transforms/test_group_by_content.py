@@ -8,7 +8,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.support import images as timg
-from transforms import describe_images as di
+from transforms.core.describe_config import NAMESPACE, DescribeConfig
 from transforms.group_by_content import GroupByContent
 
 
@@ -43,7 +43,7 @@ def test_identical_bytes_under_different_references_become_one_request(tmp_path)
         planned("by-url-1", "https://example.org/same.jpg"),
         planned("by-url-2", "https://example.org/also-same.jpg"),
     ]
-    cfg = di.DescribeConfig(api_base="http://127.0.0.1:9")
+    cfg = DescribeConfig(api_base="http://127.0.0.1:9")
     with TestPipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
         out = p | beam.Create(refs) | GroupByContent(cfg)
         assert_that(
@@ -72,7 +72,7 @@ def test_identical_bytes_under_different_references_become_one_request(tmp_path)
     counters = {
         c.key.metric.name: c.committed
         for c in result.metrics().query()["counters"]
-        if c.key.metric.namespace == di.NAMESPACE
+        if c.key.metric.namespace == NAMESPACE
     }
     assert counters["rows_sharing_identical_bytes"] == 3  # b, its rider b-again, and c
     assert counters["content_hash_unread"] == 2

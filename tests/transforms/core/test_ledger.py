@@ -9,8 +9,8 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms import describe_images as di
 from transforms.core import ledger
+from transforms.core.describe_config import DescribeConfig, plan_ref
 from transforms.plan_requests import SKIPPED, PlanRequests
 
 ARGS = ("gpt-4o", "What's in it?", None, None, 300, "auto", 2048)
@@ -76,14 +76,14 @@ def test_budget_counts_images_and_reserves_cost_before_sending():
 
 
 def test_plan_requests_groups_by_reference_and_skips_what_exists():
-    cfg = di.DescribeConfig(api_base="http://127.0.0.1:9/v1")
+    cfg = DescribeConfig(api_base="http://127.0.0.1:9/v1")
     refs = [
         {"image_id": "a", "image_uri": "/img/1.png"},
         {"image_id": "b", "image_uri": "/img/1.png"},
         {"image_id": "c", "image_uri": "/img/2.png"},
         {"image_id": "d", "image_uri": "/img/3.png"},
     ]
-    planned = di.plan_ref(refs[3], cfg, None, None)
+    planned = plan_ref(refs[3], cfg, None, None)
     done = [(ledger.reference_key("/img/3.png", planned["request_key"]), "d")]
     with TestPipeline(runner="FnApiRunner") as p:
         existing = p | "Existing" >> beam.Create(done)

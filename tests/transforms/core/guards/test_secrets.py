@@ -4,7 +4,7 @@ exercised here; the name check, the environment path and the launcher's handling
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import describe_images as job
+from pipelines.describe_setup import OptionsError, describe_config, validate
 from transforms.core.guards import secrets
 
 
@@ -37,13 +37,13 @@ def test_key_from_environment(monkeypatch):
 def test_launcher_takes_a_secret_instead_of_the_variable(monkeypatch):
     monkeypatch.delenv("AIMLAPI_API_KEY", raising=False)
     argv = ["--input", "examples/images.parquet", "--output", "/tmp/x"]
-    opts = job.validate(
+    opts = validate(
         PipelineOptions(argv + ["--api_key_secret", "projects/p/secrets/k/versions/latest"])
     )
-    cfg = job.describe_config(
+    cfg = describe_config(
         PipelineOptions(argv + ["--api_key_secret", opts.api_key_secret]),
         "https://api.example.com/v1",
     )
     assert cfg.api_key_secret == "projects/p/secrets/k/versions/latest"
-    with pytest.raises(job.OptionsError, match="must look like"):
-        job.validate(PipelineOptions(argv + ["--api_key_secret", "sk-oops"]))
+    with pytest.raises(OptionsError, match="must look like"):
+        validate(PipelineOptions(argv + ["--api_key_secret", "sk-oops"]))

@@ -10,6 +10,7 @@ from PIL import Image
 
 from tests.support import images as timg
 from tests.support.net import ImageHost
+from transforms.core.describe_config import DescribeConfig
 from transforms.core.guards import netguard
 from transforms.core.images.loader import ImageLoader, ImageOptions
 from transforms.core.images.sources import ImageError
@@ -345,7 +346,7 @@ def test_image_fetch_never_carries_the_api_key(monkeypatch):
     seen = []
     server, base = _image_server({"/ok.jpg": (200, timg.jpeg())}, seen_headers=seen)
     monkeypatch.setenv("VE_SSRF_KEY", "sk-should-not-leak")
-    cfg = di.DescribeConfig(
+    cfg = DescribeConfig(
         api_base="http://127.0.0.1:9/v1",
         api_key_env="VE_SSRF_KEY",
         image=ImageOptions(inline_http=True, allowed_networks=("127.0.0.1/32",)),
