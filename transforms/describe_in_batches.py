@@ -4,9 +4,10 @@ description row or one failure row out for each (``--mode batch``).
     refs | DescribeInBatches(cfg, batch_cfg)  ->  DoOutputsTuple with .descriptions and .failures
 
 References are keyed into ``batch_cfg.shards`` shards by their reference key (stable across runs
-of the same command), grouped, and each shard is driven by ``BatchShard`` (``core.batch_runner``):
-lines streamed to JSONL files on disk, split at the provider's limits, submitted, recorded in the
-durable manifest, polled and collected. The output tags and row shapes are online mode's.
+of the same command), grouped, and each shard is driven by ``BatchShard`` (``core.batch.shard``):
+lines streamed to JSONL files on disk (``core.batch.chunks``), split at the provider's limits,
+submitted, recorded in the durable manifest, polled and collected. The output tags and row
+shapes are online mode's.
 
 Failure policy (what differs from ``DescribeImagesFn``):
 - ``read`` / ``decode`` / ``bad_prompt`` / ``budget_reached``: as online, before any request.

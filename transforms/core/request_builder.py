@@ -1,13 +1,14 @@
 """What is asked for one image, the same whichever way it is sent. No Beam import.
 
-``RequestBuilder`` holds a job's question (model spec, prompt template's output schema, prices)
+``RequestBuilder`` holds a job's question (model spec, prompt template, output schema, prices)
 and turns one planned reference and its loaded image into a ``PreparedRequest``: the exact
 ``chat/completions`` body (``question.models.build_request``: the catalogue's per-family shaping,
 structured output, the prompt), its token estimate and its estimated cost. ``parse`` reads an
 answer back into the extra columns (``--output_schema`` or a Llama Guard verdict).
 
-The online describer (``describer.Worker``) and the batch senders (``batch_runner``) both call it,
-so a batch line's body is exactly the body online mode would send.
+The online worker (``online.worker.Worker``) and the batch shard (``batch.shard.BatchShard``)
+both get it from ``worker_parts``, so a batch line's body is exactly the body online mode would
+send.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """TLS as users meet it: which CA bundle the environment names, and what a failed handshake
 means, in one line. No Beam import.
 
-Used by the API client (``vision_api``), the batch transport and the image fetcher alike, so a
-private or corporate CA trusted through ``REQUESTS_CA_BUNDLE`` or ``SSL_CERT_FILE`` is trusted
-for every request the job makes, and an unknown CA, a wrong host name or an expired certificate
-reads the same wherever it is met.
+Used by the API session and client (``api.session``, ``api.client``), the batch transport and
+the image fetcher alike, so a private or corporate CA trusted through ``REQUESTS_CA_BUNDLE`` or
+``SSL_CERT_FILE`` is trusted for every request the job makes, and an unknown CA, a wrong host
+name or an expired certificate reads the same wherever it is met.
 """
 
 from __future__ import annotations
