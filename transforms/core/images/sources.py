@@ -1,5 +1,8 @@
 """Read the bytes an image reference names, and say what they look like. No Beam import.
 
+One module (over 400 lines) because every scheme's reader shares the same reference checks,
+errors and size cap, and ``guess`` names what the bytes of any of them look like.
+
 References: a local path or ``file://`` URL (no host but ``localhost``), ``gs://bucket/object``,
 ``http(s)://`` and ``data:`` URLs, schemes and ``;base64`` in any case; one with a control
 character (a NUL, a newline) is refused as it is. Local references must be regular files, not

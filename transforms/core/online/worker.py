@@ -1,5 +1,8 @@
 """One worker process's describer: loads, asks and answers for a group of rows. No Beam import.
 
+One module (about 400 lines) because preparing, asking and making the rows of one group share
+one ``Outcome`` and the worker's breaker, ledger and budget.
+
 ``Worker`` composes the per-process parts (API session, image loader, ledger of shared answers,
 budget, breaker, progress line) and turns one planned reference (and its duplicates) into an
 ``Outcome``: its rows and what was asked and paid for them. ``DescribeImagesFn`` drives it.

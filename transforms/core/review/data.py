@@ -1,5 +1,8 @@
 """What a review page shows, read from a run's output without reading every row. No Beam import.
 
+One module (about 400 lines) because its two sources fill one ``RunData`` with the same figures,
+and reading them side by side keeps the two in step.
+
 Two sources, one shape (``RunData``):
 
 - **Parquet** (``parquet_run``): the row counts come from each file's footer. The sample is
