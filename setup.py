@@ -31,6 +31,7 @@ setuptools.setup(
             "bqemulator>=1.4",
             "duckdb==1.5.5",
             "duckdb-extension-spatial==1.5.5",
+            "duckdb-extension-avro==1.5.5",
             "ruff>=0.6",
             # decoders of the br and zstd codings real APIs answer in (gzip/deflate need none)
             "brotli>=1.2",

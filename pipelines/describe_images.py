@@ -24,7 +24,7 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from pipelines import preflight, review
+from pipelines import bigquery_checks, preflight, review
 from pipelines.batch_setup import batch_config, local_store
 from pipelines.batch_summary import format_batch_dry_run, format_batch_summary
 from pipelines.describe_options import LOCAL, DescribeImagesOptions
@@ -38,6 +38,7 @@ from pipelines.describe_setup import (
 )
 from pipelines.summary import every_row_failed, format_dry_run, format_summary, summarize
 from schemas import rows as schema
+from transforms import bigquery_endpoints
 from transforms import describe_images as di
 from transforms.core.describe_config import (
     DESCRIPTIONS,
@@ -60,7 +61,7 @@ from transforms.read_image_refs import (
     input_error_line,
 )
 from transforms.read_image_refs_bigquery import ReadImageRefsFromBigQuery
-from transforms.write_bigquery import WriteRowsToBigQuery
+from transforms.write_bigquery import WriteRowsToBigQuery, load_error_line
 from transforms.write_rows import WriteRows
 
 _LOGGER = logging.getLogger(__name__)
@@ -203,6 +204,7 @@ def run(argv: list[str] | None = None, bigquery_client=None):
         raise SystemExit(0)
     argv = _default_runner(_bare_dry_run(argv))
     options = PipelineOptions(argv)
+    bigquery_endpoints.install_for(options)  # before any Google client is made, here or on workers
     try:
         opts = validate(options)
     except OptionsError as exc:
@@ -221,9 +223,10 @@ def run(argv: list[str] | None = None, bigquery_client=None):
             try:
                 if opts.output:
                     preflight.check_output_writable(opts.output)
-                for table in filter(None, (opts.output_table, opts.failures_table)):
-                    preflight.check_dataset_exists(table)
                 cfg = describe_config(options, api_base)
+                bigquery_checks.check_outputs(
+                    opts, bigquery_checks.output_tables(opts, cfg), derived(opts).existing_table
+                )
                 # batch mode: the batch API itself says at once whether the key and model work
                 if opts.mode != "batch":
                     preflight.check_model_answers(
@@ -242,7 +245,8 @@ def run(argv: list[str] | None = None, bigquery_client=None):
             result = p.run()
             result.wait_until_finish()
         except Exception as exc:
-            line = input_error_line(exc)
+            staging = bigquery_checks.temp_location(opts)
+            line = input_error_line(exc) or load_error_line(exc, staging)
             if line is None:
                 raise
             raise SystemExit(f"describe_images: {line}") from None

@@ -82,8 +82,9 @@ class DescribeImagesOptions(PipelineOptions):
             type=str,
             default="FILE_LOADS",
             choices=WRITE_METHODS,
-            help="How rows reach BigQuery: FILE_LOADS (batch load jobs), STREAMING_INSERTS or "
-            "STORAGE_WRITE_API. Default: FILE_LOADS.",
+            help="How rows reach BigQuery: FILE_LOADS (load jobs of files staged in a gs:// "
+            "--temp_location, deleted once loaded), STREAMING_INSERTS or STORAGE_WRITE_API "
+            "(needs Java 11+ where the job is launched). Default: FILE_LOADS.",
         )
         add(
             "--image_column",

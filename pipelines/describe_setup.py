@@ -14,12 +14,14 @@ import uuid
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
     DirectOptions,
+    GoogleCloudOptions,
     PipelineOptions,
     StandardOptions,
     TestOptions,
     WorkerOptions,
 )
 
+from pipelines import bigquery_checks
 from pipelines.batch_setup import validate_batch
 from pipelines.describe_options import LOCAL, TABLE_SPEC, DescribeImagesOptions
 from pipelines.describe_options import flag as parse_flag
@@ -155,20 +157,20 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
     FileSystems.set_options(options)  # so the gs:// checks below use the job's credentials
     validate_batch(opts, OptionsError)
     _validate_skip_existing(opts, d)
+    project = options.view_as(GoogleCloudOptions).project
+    try:
+        bigquery_checks.check_setup(opts, project, d.dry_run, d.existing_table)
+    except bigquery_checks.BigQueryCheckError as exc:
+        raise OptionsError(str(exc)) from None
     if opts.output_schema:
         d.output_schema = _read_schema_text(opts.output_schema)
         try:
             structured.parse_output_schema(d.output_schema, RESERVED_COLUMNS)
         except structured.SchemaError as exc:
             raise OptionsError(f"--output_schema: {exc}") from None
-    if not opts.input:
-        # BigQuery input: its columns are checked when the job reads it
-        if opts.id_column is None:
-            opts.id_column = "image_id"
-        return opts
     try:
-        columns = parquet_columns(opts.input)
-    except ValueError as exc:
+        columns = parquet_columns(opts.input) if opts.input else _bigquery_columns(opts, project)
+    except (ValueError, bigquery_checks.BigQueryCheckError) as exc:
         raise OptionsError(str(exc)) from None
     if opts.image_column not in columns:
         raise OptionsError(
@@ -188,6 +190,12 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
             f"{columns}"
         )
     return opts
+
+
+def _bigquery_columns(opts: DescribeImagesOptions, project: str | None) -> list[str]:
+    types = bigquery_checks.input_columns(opts, project)
+    bigquery_checks.check_input_columns(opts, types)
+    return list(types)
 
 
 def template_of(opts: DescribeImagesOptions) -> prompts.PromptTemplate | None:

@@ -1,8 +1,7 @@
 """Checks a job makes before its graph is built, each failing with what to fix.
 
-- the output folder is writable (a probe file is created and deleted there), and the datasets of
-  --output_table / --failures_table exist (BIGQUERY_EMULATOR_HOST points the check at an
-  emulator);
+- the output folder is writable (a probe file is created and deleted there; BigQuery's checks
+  are in ``bigquery_checks``);
 - the model answers: one tiny request (an 8x8 image, ``max_tokens`` 1) through the job's own
   client, so a refused key, an unknown model or an unreachable ``--api_base`` stops the job at
   launch instead of failing every row on the workers; so does a TLS failure (unknown CA, wrong
@@ -25,14 +24,16 @@ from transforms.core.api import client as vision_api
 from transforms.core.api.retry import RetryPolicy
 from transforms.core.api.session import new_session
 from transforms.core.guards import secrets
-from transforms.read_existing_keys import bigquery_client
 
 
 class PreflightError(RuntimeError):
     pass
 
 
-def check_output_writable(output: str) -> None:
+def _probe_write(output: str) -> str | None:
+    """None when a probe file could be written and deleted in ``output``, else why not. The
+    error is returned as text, not raised: a traceback kept alive would keep a failed gs://
+    writer alive too, and it retries its upload at process exit for minutes."""
     probe = FileSystems.join(output, f".vision-enrich-preflight-{uuid.uuid4().hex}")
     try:
         if "://" not in output:
@@ -42,15 +43,20 @@ def check_output_writable(output: str) -> None:
         with FileSystems.create(probe) as f:
             f.write(b"ok")
         FileSystems.delete([probe])
+        return None
     except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def check_output_writable(output: str) -> None:
+    problem = _probe_write(output)
+    if problem is not None:
         hint = (
             "grant the job's service account roles/storage.objectAdmin on the bucket"
             if output.startswith("gs://")
             else "check the path and its permissions"
         )
-        raise PreflightError(
-            f"--output {output!r} is not writable ({type(exc).__name__}: {str(exc)[:200]}); {hint}"
-        ) from None
+        raise PreflightError(f"--output {output!r} is not writable ({problem}); {hint}") from None
 
 
 def _tiny_png() -> str:
@@ -104,29 +110,3 @@ def check_model_answers(
         f"the model did not answer a one-image test request: {result.error} "
         f"-> {fix} (or skip this check with --skip_preflight)"
     )
-
-
-def check_dataset_exists(table: str) -> None:
-    """The dataset of ``project:dataset.table`` must exist (tables are created, datasets not)."""
-    from google.api_core import exceptions as gexc
-
-    project, _, rest = table.replace(":", ".", 1).partition(".")
-    dataset = rest.split(".", 1)[0]
-    try:
-        bigquery_client(project).get_dataset(f"{project}.{dataset}", timeout=30)
-    except gexc.NotFound:
-        raise PreflightError(
-            f"BigQuery dataset {project}:{dataset} does not exist: create it "
-            f"(bq mk --dataset {project}:{dataset}); tables are created by the "
-            "job, datasets are not"
-        ) from None
-    except gexc.Forbidden:
-        raise PreflightError(
-            f"no access to BigQuery dataset {project}:{dataset}: grant the "
-            "job's service account roles/bigquery.dataEditor on it"
-        ) from None
-    except Exception as exc:
-        raise PreflightError(
-            f"cannot check BigQuery dataset {project}:{dataset}: "
-            f"{type(exc).__name__}: {str(exc)[:200]}"
-        ) from None

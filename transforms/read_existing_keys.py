@@ -77,20 +77,19 @@ class _QueryExistingKeys(beam.DoFn):
             yield _key_pair(dict(row.items()))
 
 
-def bigquery_client(project: str):
-    """A BigQuery client; ``BIGQUERY_EMULATOR_HOST`` points it at an emulator (tests)."""
-    import os
-
+def bigquery_client(project: str | None):
+    """A BigQuery client; ``BIGQUERY_EMULATOR_HOST`` points it at an emulator, anonymously."""
     from google.cloud import bigquery
 
-    emulator = os.environ.get("BIGQUERY_EMULATOR_HOST")
-    if not emulator:
+    from transforms import bigquery_endpoints
+
+    endpoint = bigquery_endpoints.rest_endpoint()
+    if not endpoint:
         return bigquery.Client(project=project)
     from google.auth.credentials import AnonymousCredentials
 
-    endpoint = emulator if "://" in emulator else f"http://{emulator}"
     return bigquery.Client(
-        project=project,
+        project=project or bigquery_endpoints.emulator_project(),
         credentials=AnonymousCredentials(),
         client_options={"api_endpoint": endpoint},
     )

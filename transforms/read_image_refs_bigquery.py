@@ -1,15 +1,18 @@
 """``ReadImageRefsFromBigQuery``: a BigQuery table or query -> ``{'image_id', 'image_uri'}``.
 
-The same refs ``ReadImageRefs`` makes from Parquet, read with Beam's ``ReadFromBigQuery``
-(Storage Read API for a table, standard SQL for a query). Not exercised by the test suite:
-Beam's BigQuery reader cannot be pointed at the emulator (it has no client hook, and without
-Google credentials it falls into an interactive OAuth flow), so only the wiring is tested.
+The same refs ``ReadImageRefs`` makes from Parquet, read with Beam's ``ReadFromBigQuery``:
+a table through the Storage Read API (only the columns the job uses), a query as standard SQL
+(Beam runs it into a temporary dataset, exports the result as Avro to ``--temp_location`` and
+deletes both afterwards). ``transforms.bigquery_endpoints`` points both at an emulator when
+``BIGQUERY_EMULATOR_HOST`` / ``BIGQUERY_STORAGE_EMULATOR_HOST`` are set; the tests run both
+against bqemulator from the command line.
 """
 
 from __future__ import annotations
 
 import apache_beam as beam
 
+from transforms import bigquery_endpoints  # noqa: F401 (workers: endpoints and no sign-in)
 from transforms.read_image_refs import read_columns, to_ref
 
 

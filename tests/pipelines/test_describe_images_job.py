@@ -9,7 +9,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import describe_images as job
-from pipelines.describe_setup import validate
 from schemas import rows as schema
 from tests.pipelines.conftest import read_output, write_input
 from tests.support import images as timg
@@ -253,34 +252,3 @@ def test_all_gcs_job_touches_no_local_file(fake_gcs, monkeypatch):
         if not b.name.endswith(".parquet")
     ]
     assert others == []  # the sink's temp files and the preflight probe are gone
-
-
-@pytest.mark.parametrize(
-    "flag,value",
-    [("--input_table", "proj:ds.images"), ("--input_query", "SELECT image_uri FROM ds.images")],
-)
-def test_bigquery_input_is_wired_in_place_of_parquet(flag, value, tmp_path):
-    """Reading BigQuery cannot run here (no emulator hook in Beam's reader): the graph is
-    checked instead — the references come from ReadFromBigQuery, the rest is unchanged."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    options = PipelineOptions(
-        [flag, value, "--output", str(tmp_path), "--api_base", "local", "--runner", "FnApiRunner"]
-    )
-    validate(options)
-    p = beam.Pipeline(options=options)
-    job.build_pipeline(p, options, "http://127.0.0.1:9/v1")
-    labels = []
-
-    class Visitor(beam.pipeline.PipelineVisitor):
-        def enter_composite_transform(self, node):
-            labels.append(node.full_label)
-
-        def visit_transform(self, node):
-            labels.append(node.full_label)
-
-    p.visit(Visitor())
-    assert "ReadImageRefs/ReadBigQuery" in labels
-    assert "DescribeImages/CallVisionApi" in labels
-    assert not any("ReadParquet" in label for label in labels)

@@ -1,12 +1,15 @@
 """bqemulator (PyPI) on loopback for the BigQuery tests, started by the tests themselves.
 
-Offline it needs DuckDB's spatial extension installed from the duckdb-extension-spatial wheel
-first (DuckDB would otherwise download it), and BQEMU_ENABLE_FORMAT_EXTENSIONS=false so it does
-not try to download the Avro extension either.
+Offline it needs DuckDB's spatial and avro extensions installed from the
+duckdb-extension-spatial and duckdb-extension-avro wheels first (DuckDB would otherwise download
+them at the emulator's start); Avro is what Beam's ``--input_query`` reader has the extract job
+write. With ``gcs_root`` (a fake-gcs-server's ``-filesystem-root``) load and extract jobs
+resolve ``gs://BUCKET/NAME`` there.
 
-Beam's WriteToBigQuery has no endpoint option; its public ``test_client`` argument takes a
-client object instead. ``EmulatorBigQueryClient`` is Beam's own apitools client pointed at the
-emulator, plus the ``insert_rows_json`` that streaming inserts call, and picklable.
+The job reaches an emulator through the variables alone (``transforms.bigquery_endpoints``);
+``Emulators`` starts the pair the default FILE_LOADS path and BigQuery input need.
+``EmulatorBigQueryClient`` is the older way in, through WriteToBigQuery's ``test_client``: Beam's
+apitools client pointed at the emulator plus the ``insert_rows_json`` streaming inserts call.
 """
 
 from __future__ import annotations
@@ -28,36 +31,42 @@ from tests.support.net import free_port
 PROJECT = "test-project"
 
 
-def install_spatial_extension() -> None:
+def install_extensions(names=("spatial", "avro")) -> None:
+    """DuckDB extensions from their PyPI wheels into DuckDB's extension folder, offline."""
     import duckdb
 
     con = duckdb.connect()
-    installed = con.execute(
-        "SELECT installed FROM duckdb_extensions() WHERE extension_name = 'spatial'"
-    ).fetchone()
-    if installed and installed[0]:
-        return
-    source = (
-        importlib.resources.files("duckdb_extension_spatial")
-        / "extensions"
-        / f"v{duckdb.__version__}"
-        / "spatial.duckdb_extension"
-    )
-    con.install_extension(str(source))
+    for name in names:
+        installed = con.execute(
+            "SELECT installed FROM duckdb_extensions() WHERE extension_name = ?", [name]
+        ).fetchone()
+        if installed and installed[0]:
+            continue
+        source = (
+            importlib.resources.files(f"duckdb_extension_{name}")
+            / "extensions"
+            / f"v{duckdb.__version__}"
+            / f"{name}.duckdb_extension"
+        )
+        con.install_extension(str(source))
 
 
 class BigQueryEmulator:
-    def __init__(self):
+    def __init__(self, gcs_root: str | None = None):
         self.rest_port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.rest_port}"
+        self.grpc = f"127.0.0.1:{self.grpc_port}"
+        self.gcs_root = gcs_root
         self._dir = tempfile.TemporaryDirectory(prefix="bqemu-")
         self._log = open(os.path.join(self._dir.name, "emulator.log"), "wb")
         self._proc = None
 
     def start(self) -> "BigQueryEmulator":
-        install_spatial_extension()
+        install_extensions()
         exe = str(Path(sys.executable).with_name("bqemulator"))
-        env = dict(os.environ, BQEMU_ENABLE_FORMAT_EXTENSIONS="false")
+        env = dict(os.environ)
+        if self.gcs_root:
+            env["BQEMU_GCS_LOCAL_ROOT"] = self.gcs_root
         self._proc = subprocess.Popen(
             [
                 exe,
@@ -139,3 +148,48 @@ class EmulatorBigQueryClient(bigquery_v2_client.BigqueryV2):
 
     def __reduce__(self):
         return (EmulatorBigQueryClient, (self._endpoint, self._project))
+
+
+class Emulators:
+    """fake-gcs-server and bqemulator sharing one folder, each behind the proxy that fills its
+    gaps (``BatchSplittingProxy``, ``BigQueryGapProxy``): what the job needs for BigQuery
+    through variables alone. ``point(monkeypatch)`` sets them; ``gap`` records and refuses."""
+
+    def __init__(self):
+        from tests.support.gcs import FakeGcs
+
+        self.gcs = FakeGcs()
+        self.bq = BigQueryEmulator(gcs_root=self.gcs.root)
+        self.split = self.gap = None
+
+    def start(self) -> "Emulators":
+        from tests.support.bq_proxy import BigQueryGapProxy
+        from tests.support.gcs import BatchSplittingProxy
+
+        self.gcs.start()
+        try:
+            self.split = BatchSplittingProxy(self.gcs.url)
+            self.bq.start()
+            self.gap = BigQueryGapProxy(self.bq.url, self.gcs.root, self.gcs.url)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for part in (self.gap, self.split):
+            if part is not None:
+                part.stop()
+        self.bq.stop()
+        self.gcs.stop()
+
+    def point(self, monkeypatch) -> None:
+        monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", self.gap.url)
+        monkeypatch.setenv("BIGQUERY_STORAGE_EMULATOR_HOST", self.bq.grpc)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", self.split.url)
+
+    def bigquery(self):
+        return self.bq.client()
+
+    def storage(self):
+        return self.gcs.client()

