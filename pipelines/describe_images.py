@@ -40,6 +40,7 @@ from pipelines.summary import every_row_failed, format_dry_run, format_summary, 
 from schemas import rows as schema
 from transforms import bigquery_endpoints
 from transforms import describe_images as di
+from transforms.core.batch import recovery
 from transforms.core.describe_config import (
     DESCRIPTIONS,
     FAILURES,
@@ -246,7 +247,9 @@ def run(argv: list[str] | None = None, bigquery_client=None):
             result.wait_until_finish()
         except Exception as exc:
             staging = bigquery_checks.temp_location(opts)
-            line = input_error_line(exc) or load_error_line(exc, staging)
+            line = (
+                input_error_line(exc) or load_error_line(exc, staging) or recovery.error_line(exc)
+            )
             if line is None:
                 raise
             raise SystemExit(f"describe_images: {line}") from None

@@ -231,3 +231,44 @@ def test_anthropic_protocol_through_aimlapi_shape(tmp_path, run_job):
     for image_id, row in described.items():
         assert row["description"] == f"sha256:{digests[image_id]}"
         assert row["prompt_tokens"] == 120
+
+
+def _truncate_a_record(out):
+    (path,) = glob.glob(os.path.join(out, "_batches", "batches", "*.json"))
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:20])
+    return path, data[:20]
+
+
+def test_an_unreadable_record_through_the_embedded_endpoint_is_found_again(tmp_path, capsys):
+    """--api_base local keeps its batches on disk; a truncated manifest record is rebuilt from
+    its list of batches (metadata.vision_enrich) on the next run, which batches nothing again."""
+    out = str(tmp_path / "out")
+    argv = ["--input", os.path.join(ROOT, "examples/images.parquet"), "--output", out]
+    argv += ["--api_base", "local", "--mode", "batch", "--batch_wait=false"]
+    job.run(argv)
+    batches = os.path.join(out, "_batches", "local-api", "batches")
+    assert len(os.listdir(batches)) == 1
+    _truncate_a_record(out)
+    job.run(argv[:-1])
+    assert len(os.listdir(batches)) == 1, "no second batch"
+    source = pq.read_table(os.path.join(ROOT, "examples/images.parquet")).column("image_id")
+    exactly_once(out, source.to_pylist())
+    assert glob.glob(os.path.join(out, "_batches", "unreadable", "*.json"))
+    assert "batches     0 submitted by this run, 4 requests found" in capsys.readouterr().out
+
+
+def test_an_unreadable_anthropic_record_stops_the_job_in_one_line(tmp_path, run_job):
+    source, _ = write_input(tmp_path, 3)
+    out = str(tmp_path / "out")
+    claude = ["--model", "claude-3-5-sonnet-20240620", "--batch_protocol", "anthropic"]
+    with FakeBatchApi() as api:
+        run_job(api, source, out, *FAST, *claude)
+        path, broken = _truncate_a_record(out)
+        with pytest.raises(SystemExit) as stopped:
+            run_job(api, source, out, *FAST, *claude)
+        assert api.calls["anthropic_create"] == 1
+    line = str(stopped.value)
+    assert line.startswith("describe_images: vision-enrich batch manifest record unreadable: ")
+    assert path in line and "\n" not in line
+    assert open(path, "rb").read() == broken

@@ -8,7 +8,9 @@ output and error files (``GET {base}/files/{id}/content``), whose lines come in 
 
 Never paying twice: the uploaded file's id is recorded before the batch is created, and a record
 that has a file but no batch yet (a job killed between the two calls) first looks for a batch
-already made from that file (``GET {base}/batches``) before making one.
+already made from that file (``GET {base}/batches``) before making one; a batch the provider
+refused (``failed``) ran nothing and is not adopted. Each batch is tagged ``metadata.vision_enrich``
+= its manifest key, so a record that cannot be read is found again by ``find_tagged``.
 """
 
 from __future__ import annotations
@@ -110,15 +112,58 @@ class OpenAIBatches:
         return file_id
 
     def _find(self, input_file_id: str) -> str | None:
+        """A batch made from this file that the provider did not refuse (a refused one ran
+        nothing: adopting it would fail lines that were never tried)."""
         try:
-            listed = self.http.json("GET", f"{self.base}/batches", params={"limit": "100"})
+            for batch in self.list_batches():
+                if batch.get("input_file_id") == input_file_id and batch.get("status") != "failed":
+                    return sanitized_id(batch.get("id"))
         except BatchHttpError as exc:
             _LOGGER.warning("could not list batches to resume: %s", exc.message)
-            return None
-        for batch in (listed or {}).get("data") or []:
-            if isinstance(batch, dict) and batch.get("input_file_id") == input_file_id:
-                return sanitized_id(batch.get("id"))
         return None
+
+    def list_batches(self, pages: int = 100) -> Iterator[dict]:
+        """The organisation's batches, newest first (``GET {base}/batches``, paged by ``after``)."""
+        after = None
+        for _ in range(pages):
+            params = {"limit": "100", **({"after": after} if after else {})}
+            listed = self.http.json("GET", f"{self.base}/batches", params=params)
+            data = [b for b in (listed or {}).get("data") or [] if isinstance(b, dict)]
+            yield from data
+            if not data or not (listed or {}).get("has_more"):
+                return
+            after = sanitized_id(data[-1].get("id"))
+
+    def find_tagged(self, key: str) -> dict | None:
+        """The newest batch tagged ``metadata.vision_enrich == key`` that was not refused, else
+        the newest refused one, else None."""
+        refused = None
+        for batch in self.list_batches():
+            if (batch.get("metadata") or {}).get("vision_enrich") != key:
+                continue
+            if batch.get("status") != "failed":
+                return batch
+            refused = refused or batch
+        return refused
+
+    def recovered(self, key: str, batch: dict) -> BatchRecord:
+        """A manifest record rebuilt from a listed batch: its lines read back from its input
+        file (downloading a file is free)."""
+        file_id = sanitized_id(batch.get("input_file_id"))
+        content, _ = self.http.call("GET", f"{self.base}/files/{file_id}/content")
+        ids = []
+        for raw in content.splitlines():
+            try:
+                item = api_responses.loads(raw) if raw.strip() else None
+            except ValueError:
+                item = None
+            if isinstance(item, dict) and isinstance(item.get("custom_id"), str):
+                ids.append(item["custom_id"][:100])
+        record = BatchRecord(key, self.protocol, ids, lines=len(ids), input_file_id=file_id)
+        record.batch_id = sanitized_id(batch.get("id"))
+        record.created_at = float(api_responses.count(batch.get("created_at")) or 0)
+        self._update(record, batch)
+        return record
 
     # -- poll ----------------------------------------------------------------------------------
     def poll(self, record: BatchRecord) -> BatchRecord:

@@ -2,7 +2,9 @@
 
 ``BatchShard.run(refs)`` is what ``DescribeInBatchesFn`` drives for each shard:
 
-1. reads the manifest (``batch.manifest``): which custom_ids are already in a batch;
+1. reads the manifest (``batch.manifest``): which custom_ids are already in a batch (a record
+   that cannot be read is rebuilt from the provider's list of batches, or the job stops:
+   ``batch.recovery``);
 2. streams the shard's references: loads each image (rows that cannot be read or decoded fail
    here, exactly as online), asks ``request_builder`` for the body online mode would send, and
    names the line by ``custom_id`` (request key + image content). A line already in the manifest
@@ -51,6 +53,7 @@ from transforms.core.batch.records import (
     chunk_key,
     custom_id,
 )
+from transforms.core.batch.recovery import recover
 from transforms.core.batch.transport import BatchHttp, BatchHttpError
 from transforms.core.describe_config import (
     DESCRIPTIONS,
@@ -137,6 +140,8 @@ class BatchShard:
     # -- the shard ----------------------------------------------------------------------------
     def run(self, refs: Iterable[dict]) -> Iterator[tuple[str, dict]]:
         records = {r.key: r for r in self.manifest.load()}
+        # an unreadable record is given back by the provider's list of batches, or the job stops
+        records.update((r.key, r) for r in recover(self.manifest, self.sender))
         known: dict[str, str] = {}
         for r in records.values():
             if r.state != "failed":  # refused whole: nothing was paid, its lines go again

@@ -2,7 +2,8 @@
 import.
 
 ``LocalBatches`` serves ``POST /v1/files`` (multipart, ``purpose=batch``), ``GET /v1/files/{id}``
-and ``/v1/files/{id}/content``, ``POST /v1/batches``, ``GET /v1/batches`` (list),
+and ``/v1/files/{id}/content``, ``POST /v1/batches``, ``GET /v1/batches`` (list, newest first,
+paged by ``limit`` / ``after``, each batch with its ``metadata``),
 ``GET /v1/batches/{id}`` and ``POST /v1/batches/{id}/cancel``. A batch is ``validating``, then
 ``in_progress``, and ends ``delay`` seconds after it was created: its lines are then answered by
 the endpoint's own ``answer`` (the same analyser as online answers) into an output file and, for
@@ -21,6 +22,7 @@ import json
 import os
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -86,17 +88,43 @@ class LocalBatches:
     ) -> tuple[int, Any, str] | None:
         """(status, body, content type) for a Files or Batches route, None for any other."""
         parts = [p for p in path.split("?", 1)[0].split("/") if p]
+        query = dict(urllib.parse.parse_qsl(path.split("?", 1)[1])) if "?" in path else {}
         if parts[:1] == ["v1"]:
             parts = parts[1:]
         if not parts or parts[0] not in ("files", "batches"):
             return None
         try:
             with self._lock:
-                return self._dispatch(method, parts, headers, raw)
+                return self._dispatch(method, parts, headers, raw, query)
         except self._bad as exc:
             return 400, _error(str(exc)), "application/json"
 
-    def _dispatch(self, method, parts, headers, raw):
+    def _list(self, query: dict) -> dict:
+        """``GET /v1/batches``: newest first, each with its ``metadata``, paged as OpenAI pages
+        (``limit``, ``after`` = the last id of the page before, ``has_more``)."""
+        if self.store:
+            for name in os.listdir(os.path.join(self.store, "batches")):
+                if name.endswith(".json"):
+                    self._batch(name[: -len(".json")])
+        every = sorted(self.batches.values(), key=lambda b: (b["created_at"], b["id"]))[::-1]
+        ids = [b["id"] for b in every]
+        after = query.get("after")
+        start = ids.index(after) + 1 if after in ids else 0
+        try:
+            limit = max(1, min(100, int(query.get("limit") or 20)))
+        except ValueError:
+            raise self._bad("limit must be a number from 1 to 100") from None
+        page = [self.refresh_batch(b) for b in every[start : start + limit]]
+        more = start + limit < len(every)
+        return {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": more,
+        }
+
+    def _dispatch(self, method, parts, headers, raw, query):
         if parts == ["files"] and method == "POST":
             return self._upload(headers, raw)
         if parts[0] == "files" and len(parts) >= 2 and method == "GET":
@@ -109,8 +137,7 @@ class LocalBatches:
         if parts == ["batches"] and method == "POST":
             return self.create_batch(raw)
         if parts == ["batches"] and method == "GET":
-            data = [self.refresh_batch(b) for b in self.batches.values()]
-            return 200, {"object": "list", "data": data, "has_more": False}, "application/json"
+            return 200, self._list(query), "application/json"
         if parts[0] == "batches" and len(parts) >= 2:
             batch = self._batch(parts[1])
             if batch is None:
