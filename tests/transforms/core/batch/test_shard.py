@@ -58,3 +58,33 @@ def test_a_shard_is_sent_in_batches_and_every_row_comes_back_once(tmp_path, imag
         assert row["description"] == f"sha256:{digests[image_id]}"
     # the duplicate rode along on the first one's line: one of the two is billed
     assert [described["id-0"]["billed"], described["id-3"]["billed"]].count(True) == 1
+
+
+def test_uploaded_but_never_created_does_not_adopt_a_refused_batch(tmp_path, images, monkeypatch):
+    """A record with a file and no batch (creation answered unreadably, or a kill between the
+    two calls) looks for a batch made from that file: one the provider refused ran nothing, so
+    a new batch is made from the same file (no second upload) instead of failing the rows."""
+    import glob
+    import json
+
+    monkeypatch.setenv("VE_TEST_KEY", "sk-batch-shard-0123456789abcdef")
+    refs, digests = images
+    state = tmp_path / "state"
+    with FakeBatchApi(delay=0.1) as api:
+        api.refuse = True
+        first, _ = _run(api, state, refs)
+        assert {r["error_type"] for tag, r in first if tag == FAILURES} == {
+            "batch_refused",
+            "not_found",
+        }
+        for path in glob.glob(str(state / "batches" / "*.json")):
+            record = json.load(open(path))
+            assert record["state"] == "failed" and record["input_file_id"]
+            record.update(state="uploaded", batch_id=None, error=None)
+            json.dump(record, open(path, "w"))
+        api.refuse = False
+        rows, _ = _run(api, state, refs)
+        assert (api.uploads, api.creates) == (2, 4)
+    described = {r["image_id"]: r for tag, r in rows if tag == DESCRIPTIONS}
+    assert sorted(described) == ["id-0", "id-1", "id-2", "id-3"]
+    assert described["id-2"]["description"] == f"sha256:{digests['id-2']}"
