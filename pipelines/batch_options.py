@@ -59,6 +59,16 @@ def add_batch_args(add, flag) -> None:
         "200 MB, Anthropic 256 MB). Default: 0.",
     )
     add(
+        "--batch_max_enqueued_tokens",
+        type=int,
+        default=None,
+        help="Keep the estimated prompt tokens of the batches running at once under this "
+        "(OpenAI refuses a batch with token_limit_exceeded past the organisation's enqueued "
+        "limit for the model): a batch that would pass it waits until earlier ones end, and "
+        "one the provider refuses for capacity is sent again later. Split evenly across "
+        "shards. Default: unset (no cap).",
+    )
+    add(
         "--batch_poll_interval",
         type=float,
         default=60.0,

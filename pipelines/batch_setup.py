@@ -24,6 +24,8 @@ def validate_batch(opts: DescribeImagesOptions, error: type[Exception]) -> None:
         opts.batch_state = FileSystems.join(opts.output.rstrip("/"), STATE_FOLDER)
     if opts.batch_max_requests < 0 or opts.batch_max_bytes < 0:
         raise error("--batch_max_requests and --batch_max_bytes must be >= 0 (0: the provider's)")
+    if opts.batch_max_enqueued_tokens is not None and opts.batch_max_enqueued_tokens <= 0:
+        raise error("--batch_max_enqueued_tokens must be > 0 (leave it unset for no cap)")
     if opts.batch_poll_interval <= 0 or opts.batch_wait_timeout <= 0:
         raise error("--batch_poll_interval and --batch_wait_timeout must be > 0")
     protocol = resolve_protocol(opts.batch_protocol, opts.model, opts.api_base)
@@ -50,6 +52,10 @@ def batch_config(options: PipelineOptions, api_base: str, shards: int) -> BatchC
         wait_timeout=opts.batch_wait_timeout,
         shards=max(1, shards),
         anthropic_native=is_anthropic_host(opts.api_base),
+        # each shard keeps its share: together they stay under the cap
+        max_enqueued_tokens=max(1, (opts.batch_max_enqueued_tokens or 0) // max(1, shards))
+        if opts.batch_max_enqueued_tokens
+        else 0,
     )
 
 

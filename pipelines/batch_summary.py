@@ -33,6 +33,15 @@ def format_batch_summary(totals: dict[str, float], opts: DescribeImagesOptions) 
         f"{len(records)} in the manifest ({ended} ended)",
         f"  manifest    {opts.batch_state}",
     ]
+    waves, again = int(totals.get("batch_waves", 0)), int(totals.get("batch_resubmissions", 0))
+    cap = getattr(opts, "batch_max_enqueued_tokens", None)
+    if cap or again or waves > 1:
+        lines.append(
+            f"  waves       {waves} (batches sent as earlier ones ended; at most "
+            f"{int(totals.get('batch_tokens_enqueued_peak', 0)):,} estimated tokens enqueued at "
+            f"once, cap {f'{cap:,}' if cap else 'none'}); {again} refused for the provider's "
+            "capacity and sent again later"
+        )
     for r in records[-10:]:
         c = r.counts or {}
         lines.append(

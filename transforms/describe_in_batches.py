@@ -59,6 +59,9 @@ COUNTERS = (
     "batch_lines_resumed",
     "batch_rows_pending",
     "rows_reusing_an_answer",
+    "batch_waves",
+    "batch_resubmissions",
+    "batch_tokens_enqueued_peak",
 )
 
 

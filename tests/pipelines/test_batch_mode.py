@@ -272,3 +272,91 @@ def test_an_unreadable_anthropic_record_stops_the_job_in_one_line(tmp_path, run_
     assert line.startswith("describe_images: vision-enrich batch manifest record unreadable: ")
     assert path in line and "\n" not in line
     assert open(path, "rb").read() == broken
+
+
+SIX = [f"row-{i}" for i in range(6)]
+
+
+def _line_tokens(tmp_path, run_job):
+    """The request builder's estimate of one line (the six test images all cost the same)."""
+    (tmp_path / "probe").mkdir()
+    source, _ = write_input(tmp_path / "probe", 6)
+    with FakeBatchApi(delay=0.05) as api:
+        result = run_job(api, source, str(tmp_path / "probe-out"), *FAST)
+    return int(result.vision_enrich_totals["estimated_prompt_tokens"]) // 6
+
+
+def test_refused_for_the_enqueued_limit_its_lines_go_again_later(tmp_path, run_job, capsys):
+    source, digests = write_input(tmp_path, 6)
+    out = str(tmp_path / "out")
+    with FakeBatchApi(delay=1.0) as api:  # created_at is whole seconds: ends in 1-2 s
+        api.enqueued_limit = 2  # lines; the job has no cap: the provider refuses, the job waits
+        run_job(api, source, out, *FAST, "--batch_max_requests", "2")
+        assert api.limit_refusals > 0 and api.most_enqueued <= 2
+        # never uploaded twice; each refusal cost one creation, nothing else
+        assert (api.uploads, api.creates) == (3, 3 + api.limit_refusals)
+    described, failed = exactly_once(out, SIX)
+    assert not failed and all(described[i]["description"] == f"sha256:{digests[i]}" for i in SIX)
+    printed = capsys.readouterr().out
+    assert f"{api.limit_refusals} refused for the provider's capacity" in printed
+
+
+def test_the_cap_sends_waves_and_the_provider_never_refuses(tmp_path, run_job, capsys):
+    per_line = _line_tokens(tmp_path, run_job)
+    capsys.readouterr()
+    source, _ = write_input(tmp_path, 6)
+    out = str(tmp_path / "out")
+    cap = ["--batch_max_enqueued_tokens", str(2 * per_line), "--batch_max_requests", "3"]
+    with FakeBatchApi(delay=1.0) as api:
+        api.enqueued_limit = 2
+        run_job(api, source, out, *FAST, *cap)
+        assert api.limit_refusals == 0 and api.most_enqueued == 2
+        assert (api.uploads, api.creates) == (3, 3)  # split at the cap: 2 lines a batch
+    exactly_once(out, SIX)
+    printed = capsys.readouterr().out
+    assert "waves       3 (" in printed and f"cap {2 * per_line:,}" in printed
+
+
+def test_anthropic_429_on_create_goes_again_later(tmp_path, run_job):
+    source, digests = write_input(tmp_path, 4)
+    out = str(tmp_path / "out")
+    claude = ["--model", "claude-3-5-sonnet-20240620", "--batch_protocol", "anthropic"]
+    with FakeBatchApi() as api:
+        api.script["create"] = [429] * 6  # more than the retries of one call
+        run_job(api, source, out, *FAST, *claude, "--batch_max_requests", "2")
+        assert api.creates == 2 and api.calls["create"] == 8
+    described, failed = exactly_once(out, [f"row-{i}" for i in range(4)])
+    assert not failed
+
+
+@pytest.mark.slow
+def test_killed_mid_wave_the_rerun_sends_only_what_never_ran(tmp_path, run_job):
+    per_line = _line_tokens(tmp_path, run_job)
+    source, _ = write_input(tmp_path, 6)
+    out = str(tmp_path / "out")
+    with FakeBatchApi() as api:
+        api.hold.set()
+        argv = ["--input", source, "--output", out, "--api_base", api.base_url]
+        argv += ["--api_key_env", "VE_KEY", "--skip_preflight", *FAST]
+        argv += ["--batch_max_enqueued_tokens", str(2 * per_line)]
+        env = {**os.environ, "VE_KEY": KEY, "PYTHONPATH": ROOT}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.describe_images", *argv],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and api.creates == 0:
+                time.sleep(0.05)
+            time.sleep(0.5)  # it polls the first wave; the rest waits on disk
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        assert (api.uploads, api.creates) == (1, 1), "one wave in flight, the rest never sent"
+        api.release()
+        job.run(argv)
+        assert (api.uploads, api.creates) == (3, 3)
+    exactly_once(out, SIX)

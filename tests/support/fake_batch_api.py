@@ -15,6 +15,10 @@ validated against ``CreateBatchRequest`` and every JSONL body against
 - ``script``: ``{"upload"|"create"|"poll"|"content": [status, ...]}`` answered in turn before
   the real answer (429s carry ``Retry-After: 0``);
 - ``max_upload_bytes``: an upload over it is refused with 413;
+- ``enqueued_limit``: the organisation's enqueued limit, counted in lines (the fake does not
+  count tokens): a batch that would take the lines of batches not ended past it fails at
+  validation with ``errors[].code`` ``token_limit_exceeded``, as OpenAI's does (``limit_refusals``
+  counts them); ``most_enqueued`` is the most lines ever running at once;
 - ``hold``: batches do not end until ``release()``.
 """
 
@@ -52,7 +56,30 @@ class _OpenAIBatches(LocalBatches):
                 self.api.spec_errors += _errors(
                     "CreateChatCompletionRequest", json.loads(line)["body"]
                 )
+        busy = sum(
+            len((self.read_file(b["input_file_id"]) or b"").splitlines())
+            for b in list(self.batches.values())
+            if self.refresh_batch(b)["status"] in ("validating", "in_progress")
+        )
         status, batch, ctype = super().create_batch(raw)
+        limit, lines = self.api.enqueued_limit, len(data.splitlines())
+        if status == 200 and limit is not None and busy + lines > limit:
+            self.api.limit_refusals += 1
+            batch["status"] = "failed"
+            batch["errors"] = {
+                "object": "list",
+                "data": [
+                    {
+                        "code": "token_limit_exceeded",
+                        "message": "Enqueued token limit reached for gpt-4o in organization "
+                        "org-test. Limit: 90,000 enqueued tokens.",
+                    }
+                ],
+            }
+            self.save_batch(batch)
+            return status, batch, ctype
+        if status == 200:
+            self.api.most_enqueued = max(self.api.most_enqueued, busy + lines)
         if status == 200 and self.api.refuse:
             batch["status"] = "failed"
             batch["errors"] = {
@@ -135,6 +162,9 @@ class FakeBatchApi:
         self.drop = 0
         self.script: dict[str, list[int]] = collections.defaultdict(list)
         self.max_upload_bytes = None
+        self.enqueued_limit = None
+        self.limit_refusals = 0
+        self.most_enqueued = 0
         self.hold = threading.Event()
         self.spec_errors: list[str] = []
         self.calls: collections.Counter = collections.Counter()

@@ -186,6 +186,10 @@ class OpenAIBatches:
         record.error_file_id = sanitized_id(batch.get("error_file_id")) or record.error_file_id
         if record.state == "failed":
             record.error = message_of(batch.get("errors") or "the provider failed the batch")
+            errors = batch.get("errors")
+            first = ((errors.get("data") or [None])[0] if isinstance(errors, dict) else None) or {}
+            code = first.get("code") if isinstance(first, dict) else None
+            record.error_code = sanitized_id(code) if code else None
 
     # -- results -------------------------------------------------------------------------------
     def results(self, record: BatchRecord) -> Iterator[LineOutcome]:

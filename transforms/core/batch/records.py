@@ -51,6 +51,7 @@ class BatchConfig:
     wait_timeout: float = 25 * 3600.0  # wall clock a run waits for its batches at most
     shards: int = 1
     anthropic_native: bool = False  # Anthropic's own API (x-api-key) rather than AI/ML API's
+    max_enqueued_tokens: int = 0  # this shard's cap on estimated tokens running at once; 0: none
 
 
 def resolve_protocol(choice: str, model: str, api_base: str) -> str:
@@ -98,6 +99,9 @@ class BatchRecord:
     results_url: str | None = None
     counts: dict = dataclasses.field(default_factory=dict)  # total, completed, failed
     error: str | None = None  # why the provider refused or failed the whole batch
+    error_code: str | None = None  # the provider's code for it (token_limit_exceeded, ...)
+    tokens: int = 0  # estimated prompt tokens of its lines (what it enqueues)
+    refusals: int = 0  # times it was refused for capacity and queued again
     lines: int = 0
     bytes: int = 0
 

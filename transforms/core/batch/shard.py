@@ -11,7 +11,9 @@
    is not sent again; identical lines in the shard are sent once, the other rows ride along.
    New lines reserve their estimated cost against ``--max_images`` / ``--max_cost`` and are
    written to JSONL files on disk, split at ``--batch_max_requests`` / ``--batch_max_bytes``;
-   each full file is submitted at once and recorded in the manifest;
+   each full file is submitted at once and recorded in the manifest, unless it would pass
+   ``--batch_max_enqueued_tokens``: then it waits for earlier batches to end (``batch.waves``),
+   and so does a batch the provider refused for capacity;
 3. polls every batch its lines are in (``--batch_poll_interval``, jittered, backing off on errors,
    within ``--batch_wait_timeout`` of wall clock), logging a line per batch per poll;
 4. collects every ended batch: one row per input row, through ``row_builders``. A line that
@@ -25,7 +27,9 @@ them. A batch refused whole is not paid for, so its lines are submitted again by
 lines of batches that ended are never submitted again.
 
 Memory: bodies go straight to disk (``batch.chunks``); what stays in memory per row is its id and
-reference. One module for the four steps: they share the shard's groups and records.
+reference. One module for the four steps: they share the shard's groups and records (the
+cap and the queue of waiting batches are ``batch.waves``; sending and re-queueing stay here
+because they move the groups' records).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from transforms.core.batch.records import (
 )
 from transforms.core.batch.recovery import recover
 from transforms.core.batch.transport import BatchHttp, BatchHttpError
+from transforms.core.batch.waves import Waves, refused_for_capacity
 from transforms.core.describe_config import (
     DESCRIPTIONS,
     FAILURES,
@@ -147,12 +152,20 @@ class BatchShard:
             if r.state != "failed":  # refused whole: nothing was paid, its lines go again
                 for cid in r.custom_ids:
                     known.setdefault(cid, r.key)
+        self.waves = Waves(self.bcfg.max_enqueued_tokens)
+        for r in records.values():  # earlier runs' batches still running count against the cap
+            if r.batch_id and not r.ended:
+                self.waves.running(r, new=False)
         groups: dict[str, _Group] = {}
         mine: set[str] = set()
         folder = tempfile.mkdtemp(prefix="vision-enrich-batch-")
         try:
             writer = ChunkWriter(
-                folder, self.sender.line, self.bcfg.max_requests, self.bcfg.max_bytes
+                folder,
+                self.sender.line,
+                self.bcfg.max_requests,
+                self.bcfg.max_bytes,
+                self.bcfg.max_enqueued_tokens,
             )
             for ref, prepared, error in self._prepared(refs):
                 if error is not None:
@@ -238,7 +251,7 @@ class BatchShard:
             yield from self._fail(refs, "request", self.budget.reason(), "budget_reached")
             return
         body = self.asker.body(prepared, ref["prompt"])
-        full, written = writer.add(cid, body)
+        full, written = writer.add(cid, body, estimate)
         groups[cid] = group
         if not written:
             group.done = True
@@ -265,15 +278,25 @@ class BatchShard:
             created_at=time.time(),
             lines=len(chunk.custom_ids),
             bytes=chunk.size,
+            tokens=chunk.tokens,
         )
         for cid in chunk.custom_ids:
             groups[cid].record = record.key
         records[record.key] = record
         mine.add(record.key)
+        if not self.waves.queue and self.waves.fits(record.tokens):
+            self._send(record, chunk.path)
+        else:  # over --batch_max_enqueued_tokens: its file waits on disk for a later wave
+            self.waves.add(record, chunk.path)
+        return iter(())
+
+    def _send(self, record: BatchRecord, path: str | None) -> None:
+        keep = False
         try:
-            self.sender.submit(chunk.path, record, self.manifest.save)
+            self.sender.submit(path, record, self.manifest.save)
+            self.waves.running(record)
             self.counts["batches_submitted"] += 1
-            self.counts["images_sent"] += len(chunk.custom_ids)
+            self.counts["images_sent"] += len(record.custom_ids)
             _LOGGER.info(
                 "batch %s submitted: %d requests, %d bytes (manifest %s)",
                 record.batch_id,
@@ -282,58 +305,90 @@ class BatchShard:
                 self.manifest.path(record.key),
             )
         except BatchHttpError as exc:
-            if exc.status and 200 <= exc.status < 300 and record.input_file_id:
+            if refused_for_capacity(exc=exc) and (path or record.input_file_id):
+                keep = True  # "later", not "never": nothing ran; the same lines go again
+                self._requeue(record, path, exc.message)
+            elif exc.status and 200 <= exc.status < 300 and record.input_file_id:
                 # the provider took the call but its answer was unreadable: the batch may exist,
-                # so it is not refused; the wait below finds it by its input file (never makes
+                # so it is not refused; the next round finds it by its input file (never makes
                 # a second one beside it), and so does the next run from the manifest
                 record.state = "uploaded"
                 self.manifest.save(record)
+                self.waves.add(record, None)
                 _LOGGER.warning("batch creation answered unreadably, finding it: %s", exc.message)
-                return iter(())
-            # refused whole (upload or creation): nothing was paid; the next run tries again
-            record.state, record.error = "failed", exc.message
-            _LOGGER.error("a batch of %d requests was refused: %s", record.lines, exc.message)
-            if record.input_file_id or record.batch_id:
-                self.manifest.save(record)
+            else:
+                # refused whole (upload or creation): nothing was paid; the next run tries again
+                record.state, record.error = "failed", exc.message
+                _LOGGER.error("a batch of %d requests was refused: %s", record.lines, exc.message)
+                if record.input_file_id or record.batch_id:
+                    self.manifest.save(record)
         finally:
-            try:
-                os.remove(chunk.path)
-            except OSError:
-                pass
-        return iter(())
+            if path and not keep:
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+
+    def _requeue(self, record: BatchRecord, path: str | None, why: str) -> None:
+        _LOGGER.warning(
+            "batch %s (%d requests) refused for the provider's capacity (%s); its lines go again "
+            "in a later wave",
+            record.batch_id or record.key,
+            record.lines,
+            why,
+        )
+        record.batch_id, record.error, record.error_code, record.counts = None, None, None, {}
+        record.state = "uploaded" if record.input_file_id else "uploading"
+        record.refusals += 1
+        if record.input_file_id:  # a rerun makes the batch from the uploaded file
+            self.manifest.save(record)
+        self.waves.requeue(record, path)
 
     # -- waiting and collecting ---------------------------------------------------------------
     def _wait_and_collect(self, groups, records, mine):
         waiting = sorted(mine)
+        for key in waiting:  # a file uploaded by an earlier run, its batch never made
+            record = records[key]
+            if not record.ended and not record.batch_id and record.input_file_id:
+                if not self.waves.queued(key):
+                    self.waves.add(record, None)
         until = self._clock() + self.bcfg.wait_timeout
         errors = 0
         while waiting:
             still, failed_polls = [], False
             for key in waiting:
                 record = records[key]
+                if self.waves.queued(key):
+                    still.append(key)
+                    continue
                 if not record.ended and record.batch_id:
                     try:
                         before = (record.state, dict(record.counts))
                         self.sender.poll(record)
-                        if (record.state, record.counts) != before:
+                        if (record.state, record.counts) != before and not (
+                            refused_for_capacity(record) and record.input_file_id
+                        ):
                             self.manifest.save(record)
                     except BatchHttpError as exc:
                         failed_polls = True
                         _LOGGER.warning(
                             "batch %s: status check failed: %s", record.batch_id, exc.message
                         )
-                elif not record.ended and record.input_file_id and not record.batch_id:
-                    # killed between upload and creation: make the batch from the uploaded file
-                    try:
-                        self.sender.submit(None, record, self.manifest.save)
-                    except BatchHttpError as exc:
-                        record.state, record.error = "failed", exc.message
-                        self.manifest.save(record)
+                if refused_for_capacity(record) and record.input_file_id:
+                    # at creation or at validation: nothing ran; its file goes again later
+                    self._requeue(record, None, record.error or "")
+                    failed_polls = True  # back off before trying again
+                    still.append(key)
+                    continue
                 _log_progress(record)
                 if record.ended:
+                    self.waves.ended(key)
                     yield from self._collect(record, groups)
                 else:
                     still.append(key)
+            while (item := self.waves.take()) is not None:  # earlier batches ended: a wave
+                self._send(*item)
+            self.waves.next_round()
             waiting = still
             if not waiting or not self.bcfg.wait or self._clock() >= until:
                 break
@@ -341,6 +396,9 @@ class BatchShard:
             interval = self.bcfg.poll_interval * min(8, 2**errors)
             wait = self._rng.uniform(0.8 * interval, 1.2 * interval)
             self._sleep(max(0.0, min(wait, until - self._clock())))
+        self.counts["batch_waves"] += self.waves.waves
+        self.counts["batch_resubmissions"] += self.waves.requeued
+        self.counts["batch_tokens_enqueued_peak"] += self.waves.peak
         pending = 0
         for key in waiting:
             for cid in records[key].custom_ids:
