@@ -59,6 +59,7 @@ def format_summary(totals: dict[str, float], opts: DescribeImagesOptions) -> str
         f"  elapsed     {elapsed:.1f} s",
         f"  throttled   {int(totals.get('cumulativeThrottlingSeconds', 0))} s waiting on the "
         "rate budget or the provider's 429s",
+        backpressure_line(totals),
         f"  throughput  {(described + failed) / max(elapsed, 1e-9):.2f} images/s",
         *[f"  output      {where}" for where in _outputs(opts)],
     ]
@@ -96,6 +97,39 @@ def _unread(totals: dict[str, float]) -> str:
         "unreadable (HTTP 200 with a body that could not be read, decoded or parsed; priced at "
         "the estimate)"
     )
+
+
+def backpressure_line(totals: dict[str, float]) -> str:
+    """The rate the back-pressure controller held and why, from its counters
+    (``backpressure.Controller.take_counts``; the time and answers add up over processes)."""
+    limits = int(totals.get("backpressure_limit_verdicts", 0))
+    noise = int(totals.get("backpressure_noise_verdicts", 0))
+    resets = int(totals.get("backpressure_window_resets", 0))
+    paced_s = totals.get("backpressure_paced_ms", 0) / 1000
+    ok = int(totals.get("backpressure_paced_ok", 0))
+    refused = int(totals.get("backpressure_paced_429", 0))
+    pace = totals.get("backpressure_pace_mrps", 0) / 1000
+    header_s = totals.get("backpressure_header_paced_ms", 0) / 1000
+    parts = []
+    if limits:
+        parts.append(
+            f"a rate limit, held at {ok / max(paced_s, 1e-9):.2f} requests/s accepted over "
+            f"{paced_s:.0f} s paced ({refused} of {ok + refused} answers 429), last pace "
+            f"{pace:.2f}/s: the 429s fell when the pace was cut ({limits} verdict"
+            f"{'s' if limits > 1 else ''})"
+            + (f", {resets} fixed-window resets waited for" if resets else "")
+        )
+    if header_s:
+        parts.append(
+            f"paced by the provider's rate-limit headers for {header_s:.0f} s"
+            + ("" if limits else f", last at {pace:.2f}/s")
+        )
+    if noise:
+        parts.append(
+            f"{noise} burst{'s' if noise > 1 else ''} of 429s were noise (they did not fall when "
+            "the pace was cut): full speed, each refused request waited its own Retry-After"
+        )
+    return "  back-pressure " + ("; ".join(parts) if parts else "full speed: no rate limit met")
 
 
 def every_row_failed(totals: dict[str, float]) -> bool:

@@ -192,6 +192,11 @@ class DescribeImagesFn(beam.DoFn):
 
     def finish_bundle(self):
         yield from self._drain(0)
+        try:  # the back-pressure controller's verdicts and pace, for the summary
+            for name, value in self._worker.control.take_counts().items():
+                Metrics.counter(NAMESPACE, name).inc(value)
+        except Exception:
+            _LOGGER.exception("counting back-pressure failed; the rows are emitted")
 
     def teardown(self):
         if self._worker is not None:

@@ -1,38 +1,44 @@
-"""Back-pressure that keeps the pipe full: tell an account's limit from a provider's noise. No Beam.
+"""Back-pressure that holds a rate limit at its edge, whatever its shape, and keeps the pipe full
+under a provider's noise. No Beam.
 
 A 429 means one of two things, and the right answer to each is the opposite of the other's:
 
-- a **limit** (requests or tokens per minute on the account): sending slower is the only cure, and
-  the share of 429s falls as we slow down, or the rate the provider accepts stays flat;
+- a **limit** (requests or tokens per second or minute, on the account or at a gateway): sending
+  slower is the only cure, and the share of 429s falls as we slow down, or the rate the provider
+  accepts stays flat;
 - **noise** (an aggregator's upstream, a gateway, an overloaded model server refusing some share
   of requests whatever we do): slowing down changes nothing but our own throughput, so the
   refused request waits its own Retry-After and every other slot keeps going.
 
-``Controller`` finds out which by experiment, the way the question is posed: when the share of
-429s over the last few hundred answers (at most 3 s of them) passes a threshold, it paces the
-process at the rate the provider accepted for half a second, then at half that, and compares the
-two stages (both after the provider's burst allowance is spent). If the accepted rate halved with
-the send rate while the share of 429s stayed put, it was noise: the controller goes back to full
-speed and remembers that share as the provider's noise floor (later tests start only above twice
-it). If the 429s all but stopped (under 40 % of the share before) when we slowed down, or the
-provider accepted as much at half the rate, it was a limit: the
-process is paced at the rate the provider accepted, then, every 40 answers, raises the pace by
-5 % or, when that round saw more 429s than the provider's own noise explains (the mean share of
-the last rounds right after a cut that saw fewer 429s than the one before, plus two standard
-deviations and 3 points), lowers it to 85 % — AIMD on the rate, as TCP does on its window — so
-it sits just under the limit with few 429s. Beam's ``AdaptiveThrottler`` (the client-side
-throttling of Google's SRE book) throttles only when accepts fall below requests / K; with K = 2
-it tolerates 50 % 429s, which is what this avoids.
+``Controller`` finds out which by experiment: when the share of 429s over the last few hundred
+answers (at most 3 s of them) passes a threshold, it paces the process at the rate the provider
+accepted for half a second, then at half that, and compares the two stages. If the accepted rate
+halved with the send rate while the share of 429s stayed put, it was noise: back to full speed,
+and that share is remembered as the provider's noise floor. If the 429s all but stopped when we
+slowed down, or the provider accepted as much at half the rate, it was a limit, and the process
+is paced at its edge by ``rate_search.RateSearch``: sends evenly spaced (``ratelimit.Pacer``; a
+leaky bucket without burst refuses any two requests closer than 1/rate), every round of answers
+judged against the noise floor (cut to what was accepted, climb back under the pace that drew
+the 429s, probe past it now and then), and a fixed window's reset, once the 429s' Retry-After
+name it (``rate_search.ResetWatch``), waited for by the whole process (``ThrottleGate``) instead
+of drawing a 429 per slot, then paced at the quota per window. A quota spent with no reset to
+read (429s with ``Retry-After: 1`` until the minute ends) holds everyone, twice as long each
+time nothing got through in between.
 
-Each request's own Retry-After is always honoured for that request (the client's back-off). The
-process-wide pause (``ThrottleGate``) is used only for a limit: when one is found, and when 429s
-keep coming while paced. Before any 429, providers that say how much is left are heeded:
-OpenAI's ``x-ratelimit-remaining-requests`` / ``-tokens`` with ``x-ratelimit-reset-*`` (and the
-IETF draft's ``ratelimit-remaining`` / ``ratelimit-reset``) cap the rate at what is left over the
-time to the reset once little is left.
+Each request's own Retry-After (or Gemini's ``RetryInfo.retryDelay``, read by
+``responses.retry_after_of``) is always honoured for that request. Before any 429, providers
+that say what is left are heeded (``rate_headers.header_pace``: OpenAI's, Anthropic's and the
+IETF draft's headers).
 
 Requests start at a few in flight and gain one slot per success up to ``--max_concurrency``
 (slow start), so a cold job does not open with a burst the provider must refuse.
+
+Every verdict is logged (test results at INFO, each round's decision at DEBUG: limit or noise,
+and the pace it settled on), and ``take_counts`` hands the worker the counters the job's summary
+turns into its back-pressure line (the rate held, and why).
+
+Over 400 lines for a reason: ``Controller`` is one state machine (clear, testing, limited) under
+one lock; its arithmetic lives in ``rate_search`` and ``rate_headers``.
 """
 
 from __future__ import annotations
@@ -40,22 +46,17 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 
-from transforms.core.api.ratelimit import AdaptiveConcurrency, ThrottleGate
+from transforms.core.api.rate_headers import header_pace
+from transforms.core.api.rate_search import AcceptedHistory, RateSearch, ResetWatch
+from transforms.core.api.ratelimit import MIN_RATE, Pacer, SlowStartSlots, ThrottleGate, Ticket
 
 _LOGGER = logging.getLogger(__name__)
 
 CLEAR, TESTING, LIMITED = "clear", "testing", "limited"
-ROUND = 40  # answers per pace adjustment while limited
-
-_DURATION = re.compile(
-    r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?"
-    r"(?:(\d+(?:\.\d+)?)ms)?$"
-)
 
 
 def _vanished(k: int, n: int, before: float) -> bool:
@@ -68,46 +69,12 @@ def _vanished(k: int, n: int, before: float) -> bool:
     return k < 0.4 * expected and expected - k >= 2.5 * math.sqrt(expected * (1 - share))
 
 
-def parse_duration(text: str | None) -> float | None:
-    """Seconds in ``1s``, ``6m0s``, ``20ms``, ``1h2m3.5s`` (OpenAI's reset headers) or a bare
-    number of seconds; None when unreadable, negative or absurd."""
-    if text is None:
-        return None
-    text = str(text).strip().lower()[:40]
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        match = _DURATION.match(text)
-        if not match or not any(match.groups()):
-            return None
-        h, m, s, ms = (float(g) if g else 0.0 for g in match.groups())
-        value = h * 3600 + m * 60 + s + ms / 1000
-    if not math.isfinite(value) or value < 0 or value > 86_400:
-        return None
-    return value
-
-
-def _int_header(headers: Mapping[str, str], *names: str) -> int | None:
-    for name in names:
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            number = int(float(str(value).split(",")[0].strip()[:30]))
-        except (ValueError, OverflowError):
-            continue
-        if 0 <= number < 2**53:
-            return number
-    return None
-
-
 class Controller:
     """Flow control for one worker process's requests (thread-safe).
 
     ``acquire()`` before sending (waits for a slot, the gate and the pace; returns the seconds
     waited that a limit cost, and the send time); ``release(...)`` with what came back.
+    ``reserve`` / ``claim`` are the same waits without the blocking, for a simulation.
     """
 
     def __init__(
@@ -117,42 +84,57 @@ class Controller:
         initial: int = 4,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        wall: Callable[[], float] = time.time,
         test_seconds: float = 0.5,
         window_answers: int = 256,
         window_seconds: float = 3.0,
         min_429s: int = 5,
     ):
-        self.slots = AdaptiveConcurrency(max_concurrency, initial=initial, clock=clock)
+        self.slots = SlowStartSlots(max_concurrency, initial=initial)
         self.gate = ThrottleGate(clock=clock, sleep=sleep)
-        self._clock, self._sleep = clock, sleep
+        self.pacer = Pacer(clock=clock)
+        self._clock, self._sleep, self._wall = clock, sleep, wall
         self._lock = threading.Lock()
         self.state = CLEAR
-        self.rate: float | None = None  # paced requests per second (testing, limited)
         self.noise = 0.0  # share of 429s found not to fall when we slowed down
         self.tests = 0
         self.limits_found = 0
+        self.noise_found = 0
+        self.search: RateSearch | None = None
+        self.resets = ResetWatch()
         self._test_seconds = test_seconds
         self._window_answers = window_answers
         self._window_seconds = window_seconds
         self._min_429s = min_429s
         self._recent: collections.deque = collections.deque()  # (sent_at, ok, throttled)
+        self._history = AcceptedHistory()
         self._last_look = -math.inf
         self._test: dict | None = None
-        self._next_send = -math.inf
-        self._epoch = 0  # bumped when the pace slows: waiters then take new turns
-        self._last_cut = -math.inf
-        self._round = [0, 0]  # answers and 429s since the pace last changed (limited)
-        self._floors: collections.deque = collections.deque(maxlen=5)  # shares after cuts
-        self._after_cut = False
-        self._cut_share = 1.0
+        self._test_rate: float | None = None
+        # whether each of the last 8 answers since the last gate hold was a 429 (limited)
+        self._round: collections.deque = collections.deque(maxlen=8)
+        self._holds = 0  # gate holds in a row with nothing accepted between them
         self._limited_since = -math.inf
-        self._last_429 = -math.inf
+        self._quiet_from = -math.inf  # since when the pace could have been used (no hold)
         self._sends: collections.deque = collections.deque()  # send times while limited
         self._hint_rate: float | None = None
         self._hint_until = -math.inf
         self._tokens_per_request: float | None = None
+        self._counts: collections.Counter = collections.Counter()
+        self._pace_mrps = self._pace_reported = 0  # the last pace held, and as last reported
+        self._paced_from: float | None = None
+        self._hinted_from: float | None = None
 
     # -- before sending ------------------------------------------------------------------------
+    @property
+    def rate(self) -> float | None:
+        """The pace this controller set (testing, limited); None at full speed."""
+        if self.state == LIMITED and self.search is not None:
+            return self.search.rate
+        if self.state == TESTING:
+            return self._test_rate
+        return None
+
     @property
     def limited(self) -> bool:
         """True while the process is slowed for a (suspected or found) limit: waits then count
@@ -161,44 +143,44 @@ class Controller:
 
     def acquire(self) -> tuple[float, float]:
         """Wait for a slot, the gate and the pace. Returns the seconds a limit cost and the
-        instant the pace was granted: the request belongs to the rate in force then (a thread
-        that was given a slot at one test stage's rate and woke in the next counts for the
-        first), which ``release`` takes back as ``sent_at``."""
+        instant the request was let go, which ``release`` takes back as ``sent_at``: the answer
+        belongs to the pace in force then."""
         self.slots.acquire()  # slow start and the concurrency cap: our own choice, not a limit
-        throttled = self.gate.wait()
-        waited, granted = self._pace()
-        if self.state == LIMITED:
-            with self._lock:
-                self._sends.append(granted)
-        return throttled + waited, granted
-
-    def _pace(self) -> tuple[float, float]:
-        """Wait for this request's turn at the pace in force. A slower pace set while waiting
-        (a test stage, a cut) voids the turns handed out at the old one: the waiters queue
-        again, so requests granted at the old rate do not pour out at it afterwards."""
+        ticket = self.reserve()
         waited = 0.0
         while True:
-            with self._lock:
-                now = self._clock()
-                rate = self._effective_rate(now)
-                if rate is None:
-                    return waited, now
-                slot = max(now, self._next_send)
-                self._next_send = slot + 1.0 / rate
-                epoch = self._epoch
-            while True:
-                wait = slot - self._clock()
-                if wait <= 0:
-                    return waited, now
-                step = min(wait, 0.2)
-                self._sleep(step)
-                waited += step
-                if self._epoch != epoch:
-                    break  # the pace changed under us: take a new turn
+            wait = self.claim(ticket)
+            if wait is None:
+                return waited, self._clock()
+            # in short steps: a slower pace or a longer pause set meanwhile is seen in time
+            step = min(wait, 0.2)
+            self._sleep(step)
+            waited += step
 
-    def _effective_rate(self, now: float) -> float | None:
-        rates = [r for r in (self.rate, self._hint_rate if now < self._hint_until else None) if r]
-        return min(rates) if rates else None
+    def reserve(self) -> Ticket:
+        """A turn at the pace in force (call with a slot held)."""
+        self._repace()
+        return self.pacer.reserve()
+
+    def claim(self, ticket: Ticket) -> float | None:
+        """None: send now; else the seconds to wait before claiming again (the gate, the pace)."""
+        self._repace()
+        wait = self.pacer.claim(ticket, self.gate.until)
+        if wait is None and self.state == LIMITED:
+            with self._lock:
+                self._sends.append(self._clock())
+        return wait
+
+    def _repace(self) -> None:
+        """The pacer's rate: the slower of the limit's pace and the headers' while they hold."""
+        now = self._clock()
+        rates = [self.rate]
+        if now < self._hint_until:
+            rates.append(self._hint_rate)
+        rates = [r for r in rates if r]
+        rate = min(rates) if rates else None
+        if rate != self.pacer.rate:
+            self.pacer.set_rate(rate)
 
     # -- after the answer ----------------------------------------------------------------------
     def release(
@@ -211,18 +193,23 @@ class Controller:
         ok, throttled = status == 200, status == 429
         # the first 429 ends the slow start (the slots stop doubling), without halving them
         self.slots.release(succeeded=ok, end_slow_start=throttled)
+        if status is None:
+            return  # nothing came back (not sent, or no answer): says nothing about a limit
         with self._lock:
             now = self._clock()
             if headers:
                 self._read_hints(headers, now)
+            self._history.add(sent_at, ok, throttled)
+            if self._watch_reset(now, throttled, retry_after):
+                return
             if self.state == CLEAR:
                 self._observe_clear(now, sent_at, ok, throttled, retry_after)
             elif self.state == TESTING:
                 self._observe_test(now, sent_at, ok, throttled, retry_after)
             else:
+                self._counts["backpressure_paced_ok"] += ok
+                self._counts["backpressure_paced_429"] += throttled
                 self._observe_limited(now, sent_at, ok, throttled, retry_after)
-            if throttled:
-                self._last_429 = now
 
     def note_tokens(self, total_tokens: int | None) -> None:
         """A successful answer's token count: the size of a request for the token hints."""
@@ -231,6 +218,37 @@ class Controller:
         with self._lock:
             t = self._tokens_per_request
             self._tokens_per_request = total_tokens if t is None else 0.9 * t + 0.1 * total_tokens
+
+    def _watch_reset(self, now: float, throttled: bool, retry_after: float | None) -> bool:
+        """A fixed window's reset made plain by this answer: hold everyone until it, pace at the
+        quota per window once two resets are known. True when it took the answer."""
+        reset = self.resets.observe(now, throttled, retry_after)
+        if reset is None:
+            return False
+        self.gate.hold(reset - now + 0.05)
+        self._counts["backpressure_window_resets"] += 1
+        window = self.resets.period()
+        if window is not None:
+            start, end = window
+            quota = self._history.accepted(start, end) / max(1.0, end - start)
+        else:  # what was accepted so far, over the time to this reset
+            start = self._history.first()
+            quota = self._history.accepted(start, now + 1) / max(1.0, reset - start)
+        if self.state != LIMITED:
+            self._found(now, 0.98 * quota, 1.0, quota, "a fixed window", quota)
+        if window is not None and quota > 0:
+            self.search.window(quota, now)
+        # the next round starts at the reset: the hold is no time sent at the pace
+        self.search._begin(reset)
+        self._quiet_from = reset
+        _LOGGER.info(
+            "back-pressure: 429s count down to one instant, a fixed window's reset: holding "
+            "every request %.1f s until it, then pacing at %.2f requests/s (%s)",
+            reset - now,
+            self.search.rate,
+            "the quota per window" if window is not None else "what was accepted so far",
+        )
+        return True
 
     def _observe_clear(self, now, sent_at, ok, throttled, retry_after) -> None:
         recent = self._recent
@@ -264,23 +282,17 @@ class Controller:
         recent.clear()
         # first at the rate the provider accepted (just under a limit, a little under noise),
         # then at half that
-        self._stage(now, max(0.2, sent_rate / 32, min(accepted, sent_rate)))
+        self._stage(now, max(MIN_RATE, sent_rate / 32, min(accepted, sent_rate)))
         _LOGGER.info(
             "back-pressure: %.0f%% of the last %d answers were 429; pacing at %.1f/s, then at "
             "half that, to tell a limit from noise",
             100 * share,
             n,
-            self.rate,
+            self._test_rate,
         )
 
-    def _repace(self, now: float, rate: float | None) -> None:
-        """A new (slower, or no) pace from now on: turns granted at the old one are void."""
-        self.rate = rate
-        self._next_send = now
-        self._epoch += 1
-
     def _stage(self, now: float, rate: float) -> None:
-        self._repace(now, rate)
+        self._test_rate = rate
         self._test.update(start=now, n=0, ok=0, t=0)
 
     def _observe_test(self, now, sent_at, ok, throttled, retry_after) -> None:
@@ -294,21 +306,26 @@ class Controller:
         if elapsed < self._test_seconds or n < 10:
             return
         first = not test["stages"]
+        rate = self._test_rate
         if _vanished(k, n, before):
             # the 429s all but stopped at this stage's rate: a limit, and this rate is under it;
             # after a first stage above it, what that stage got accepted is the limit's measure
-            rate = self.rate if first else max(self.rate, 0.95 * test["stages"][0][2])
-            return self._found(now, rate, k / n, test["ok"] / elapsed, None)
+            if first:
+                return self._found(now, rate, k / n, test["ok"] / elapsed, "the 429s stopped")
+            rate_a, _, accepted_a, _ = test["stages"][0]
+            found = max(rate, 0.95 * accepted_a)
+            # the first stage's pace drew the 429s: the ceiling to climb back under
+            return self._found(now, found, k / n, test["ok"] / elapsed, "the 429s stopped", rate_a)
         # the share did not fall by much (as _vanished counts it), or the stage ran long enough:
         # otherwise wait for the answers that make a fall certain either way
         settled = n >= 20 and k >= 0.4 * (before / 2) * n
         if not settled and elapsed < 8 * self._test_seconds:
             return
-        test["stages"].append((self.rate, k / n, test["ok"] / elapsed, n))
+        test["stages"].append((rate, k / n, test["ok"] / elapsed, n))
         if first:
             # half of what was actually sent: the first stage's pace may not have bound (a job
             # short of CPU sends slower than any pace)
-            return self._stage(now, max(0.2, min(self.rate, n / elapsed) / 2))
+            return self._stage(now, max(MIN_RATE, min(rate, n / elapsed) / 2))
         (rate_a, share_a, accepted_a, n_a), (_, share_b, accepted_b, n_b) = test["stages"]
         pooled = (share_a * n_a + share_b * n_b) / (n_a + n_b)
         if _vanished(round(pooled * (n_a + n_b)), n_a + n_b, before) or (
@@ -317,104 +334,166 @@ class Controller:
             # over both stages the 429s fell well below their share before (for a storm: to
             # under half of it; no provider's noise refuses half of all requests): a limit,
             # and the first stage's rate (what the provider had accepted) is at or under it
-            return self._found(now, max(rate_a, 0.95 * accepted_a), pooled, accepted_a, None)
+            return self._found(
+                now, max(rate_a, 0.95 * accepted_a), pooled, accepted_a, "the 429s fell"
+            )
+        if accepted_a < 0.5 and accepted_b < 0.5:
+            # nothing was accepted at either rate: a quota spent for now (a window without a
+            # reset to read); what it accepted so far is the only measure of it
+            start = self._history.first()
+            so_far = self._history.accepted(start, now + 1) / max(1.0, now - start)
+            return self._found(now, so_far, pooled, accepted_a, "a quota spent for now")
         if accepted_b >= 0.7 * accepted_a:
             # both stages above the limit (its burst allowance spent): it accepted as much at
             # half the rate
-            return self._found(now, 0.95 * accepted_b, share_b, accepted_b, retry_after)
+            why = "as much was accepted at half the rate"
+            ceiling = 1.1 * max(accepted_a, accepted_b)
+            return self._found(now, 0.95 * accepted_b, share_b, accepted_b, why, ceiling)
         self._test = None
         self.state = CLEAR
-        self._repace(now, None)
+        self._test_rate = None
         self.noise = max(self.noise * 0.5, (share_a + share_b + before) / 3)
+        self.noise_found += 1
+        self._counts["backpressure_noise_verdicts"] += 1
         _LOGGER.info(
-            "back-pressure: 429s stayed at %.0f%% / %.0f%% while the rate was cut and halved "
-            "(%.0f%% before): the provider's noise, not a limit; back to full speed, each "
-            "refused request waits its own Retry-After",
+            "back-pressure: verdict noise: 429s stayed at %.0f%% / %.0f%% while the rate was "
+            "cut and halved (%.0f%% before); back to full speed, each refused request waits its "
+            "own Retry-After",
             100 * share_a,
             100 * share_b,
             100 * before,
         )
 
-    def _found(self, now, rate, share, accepted, retry_after) -> None:
+    def _found(self, now, rate, share, accepted, why, ceiling=None) -> None:
         self._test = None
+        self._test_rate = None
         self.state, self.limits_found = LIMITED, self.limits_found + 1
-        self._repace(now, max(0.2, rate))
-        self._last_cut = now
-        self._round = [0, 0]
-        self._floors.clear()
-        self._after_cut, self._cut_share = True, 1.0
-        self._limited_since = now
+        self.search = RateSearch(rate, now, self.noise, ceiling)
+        self._round.clear()
+        self._limited_since = self._quiet_from = now
+        self._paced_from = now
         self._sends.clear()
-        if retry_after:
-            self.gate.hold(retry_after)
+        self._counts["backpressure_limit_verdicts"] += 1
         _LOGGER.info(
-            "back-pressure: a rate limit (%.0f%% of answers 429 at the test rate, %.1f/s "
-            "accepted); pacing this process at %.1f requests/s",
+            "back-pressure: verdict a rate limit (%s: %.0f%% of answers 429 at the test rate, "
+            "%.1f/s accepted); pacing this process at %.1f requests/s",
+            why,
             100 * share,
             accepted,
-            self.rate,
+            self.search.rate,
         )
 
+    def _long_rate(self, now: float) -> float:
+        """What the provider accepted per second over the long run: over the last whole fixed
+        window when two resets are known, else over the last minute of being limited (a
+        per-minute window's quota, once a whole one was seen)."""
+        window = self.resets.period()
+        if window is not None and now - window[1] < 120:
+            start, end = window
+            return self._history.accepted(start, end) / max(1.0, end - start)
+        start = max(self._limited_since, now - 60.0)
+        if now - start < 10.0:
+            return 0.0
+        return self._history.accepted(start, now - 1.0) / max(1.0, now - 1.0 - start)
+
     def _observe_limited(self, now, sent_at, ok, throttled, retry_after) -> None:
-        if sent_at < self._last_cut:
-            return  # sent at the old pace
-        win = self._round
-        win[0] += 1
-        win[1] += throttled
-        if throttled and retry_after and win[1] >= 3 and win[1] > win[0] / 2:
-            self.gate.hold(retry_after)  # 429s keep coming while paced: everyone holds off
-        if win[0] < ROUND:
+        search = self.search
+        if sent_at >= search.start:
+            last = self._round
+            last.append(throttled)
+            if ok:
+                self._holds = 0
+            elif throttled and retry_after and retry_after < 2.0 and sum(last) >= 3:
+                if sum(last) > len(last) / 2:
+                    # 429s keep coming while paced (most of the last answers since the last
+                    # hold): everyone holds off, twice as long each time nothing got through in
+                    # between (a quota spent until a reset unsaid)
+                    self.gate.hold(min(16.0, retry_after * 2**self._holds))
+                    self._holds += 1
+                    last.clear()
+                    self._quiet_from = self.gate.until  # held: the pace was not for using
+        decided = search.observe(now, sent_at, throttled, self._long_rate(now))
+        if decided is None:
             return
-        share = win[1] / win[0]
-        if self._after_cut and share < self._cut_share:
-            # a round right after a cut that saw fewer 429s than the one before it ran under
-            # the limit, or closer to it: the mean share of the last few such rounds is the
-            # provider's own noise
-            self._floors.append(share)
-        floor = sum(self._floors) / len(self._floors) if self._floors else 0.0
-        # beyond what chance would give at the noise floor (two standard deviations)
-        margin = 2 * math.sqrt(floor * (1 - floor) / win[0]) + 0.03
-        self._after_cut = share > floor + margin
-        if self._after_cut:
-            self._cut_share = share
-            self._repace(now, max(0.2, self.rate * 0.85))
-        else:
-            self.rate *= 1.05
-        self._last_cut = now
-        self._round = [0, 0]
+        verdict, share, n = decided
+        _LOGGER.debug(
+            "back-pressure: round of %d answers, %.0f%% 429 (noise floor %.0f%%): %s; "
+            "pace %.2f requests/s (ceiling %s)",
+            n,
+            100 * share,
+            100 * search.floor,
+            "a limit, cut" if verdict == "cut" else "within noise, " + verdict,
+            search.rate,
+            f"{search.ceiling:.2f}" if search.ceiling else "none",
+        )
         # the limit no longer binds: we send well under the pace for a while
         sends = self._sends
         while sends and sends[0] < now - 10.0:
             sends.popleft()
-        if now - self._limited_since > 10.0 and len(sends) / 10.0 < self.rate / 3:
+        if now - self._quiet_from > 10.0 and len(sends) / 10.0 < search.rate / 3:
             self.state = CLEAR
-            self._repace(now, None)
+            self._settle_paced(now)
+            self._paced_from = None
             self._recent.clear()
             _LOGGER.info("back-pressure: the limit no longer binds; pacing off")
 
     def _read_hints(self, headers: Mapping[str, str], now: float) -> None:
-        lower = {str(k).lower(): v for k, v in headers.items()}
-        cap = None
-        reset_at = -math.inf
-        floor = 2 * self.slots.maximum
-        left = _int_header(lower, "x-ratelimit-remaining-requests", "ratelimit-remaining")
-        reset = parse_duration(
-            lower.get("x-ratelimit-reset-requests") or lower.get("ratelimit-reset")
+        said = header_pace(
+            headers, self._wall(), self._tokens_per_request, 2.0 * self.slots.maximum
         )
-        if left is not None and reset and left <= floor:
-            cap = max(left, 1) / reset
-            reset_at = now + reset
-        tokens = _int_header(lower, "x-ratelimit-remaining-tokens")
-        tokens_reset = parse_duration(lower.get("x-ratelimit-reset-tokens"))
-        size = self._tokens_per_request
-        if tokens is not None and tokens_reset and size and tokens <= floor * size:
-            token_cap = max(tokens / size, 1) / tokens_reset
-            cap = token_cap if cap is None else min(cap, token_cap)
-            reset_at = max(reset_at, now + tokens_reset)
-        if cap is not None:
-            self._hint_rate, self._hint_until = max(0.2, cap), reset_at
-        elif left is not None and left > floor:
-            self._hint_until = -math.inf  # plenty left again
+        if said is None:
+            return
+        rate, hold = said
+        if rate is None:
+            if self._hint_until > now:
+                self._hint_until = now  # plenty left again
+                self._settle_hinted(now)
+            return
+        if self._hinted_from is None:
+            self._hinted_from = now
+            self._counts["backpressure_header_paces"] += 1
+            _LOGGER.info(
+                "back-pressure: the provider's rate-limit headers say little is left; pacing at "
+                "%.1f requests/s",
+                rate,
+            )
+        self._hint_rate, self._hint_until = rate, now + hold
+
+    def _settle_paced(self, now: float) -> None:
+        if self._paced_from is not None:
+            self._counts["backpressure_paced_ms"] += round(1000 * (now - self._paced_from))
+            self._paced_from = now
+
+    def _settle_hinted(self, now: float) -> None:
+        if self._hinted_from is not None:
+            end = min(now, self._hint_until)
+            self._counts["backpressure_header_paced_ms"] += round(
+                1000 * max(0.0, end - self._hinted_from)
+            )
+            self._hinted_from = now if now < self._hint_until else None
+
+    def take_counts(self) -> dict[str, int]:
+        """The counters' growth since the last call, for the job's metrics: verdicts (limit,
+        noise), window resets held for, header paces, time paced (ms) and its answers, and
+        ``backpressure_pace_mrps``: the pace in force, in thousandths of a request a second
+        (its growth is the change since the last call, so the sum over processes is the job's
+        pace)."""
+        with self._lock:
+            now = self._clock()
+            if self.state == LIMITED:
+                self._settle_paced(now)
+            self._settle_hinted(now)
+            pace = self.rate if self.state == LIMITED else None
+            if pace is None and now < self._hint_until:
+                pace = self._hint_rate
+            if pace is not None:  # the last pace held stays once pacing is off
+                self._pace_mrps = round(1000 * pace)
+            out = {name: value for name, value in self._counts.items() if value}
+            if self._pace_mrps != self._pace_reported:
+                out["backpressure_pace_mrps"] = self._pace_mrps - self._pace_reported
+                self._pace_reported = self._pace_mrps
+            self._counts.clear()
+            return out
 
     def describe(self) -> str:
         """For the progress line."""
@@ -422,4 +501,6 @@ class Controller:
             return f"limited, paced at {self.rate:.1f}/s"
         if self.state == TESTING:
             return "testing 429s"
+        if self._clock() < self._hint_until and self._hint_rate:
+            return f"paced by the provider's headers at {self._hint_rate:.1f}/s"
         return "clear" + (f" (noise {100 * self.noise:.0f}% 429)" if self.noise >= 0.005 else "")

@@ -1,12 +1,15 @@
-"""The back-pressure controller on a virtual clock: a provider whose 429s are noise keeps the full
-rate; one with a real limit is found and paced just under it; rate-limit headers are heeded
-before any 429. (Throughput figures on real runs are in benchmarks/throughput.py, not here.)"""
+"""The back-pressure controller's decisions on a virtual clock: every shape of rate limit held at
+its edge (>= 0.9 of it used, <= 10 % of requests refused, after the first 30 s), headers heeded
+before any 429, a fixed window's reset waited for, noise left at full speed, and each verdict
+logged and counted. The runs are ``tests.support.limiters.simulate``: the worker's threads,
+slots, pace and per-request Retry-After as discrete events, deterministic. (Figures on real runs
+are in benchmarks/backpressure.py, not here.)"""
 
-import random
+import logging
 
 import pytest
 
-from transforms.core.api import backpressure
+from tests.support import limiters
 from transforms.core.api.backpressure import CLEAR, LIMITED, Controller
 
 
@@ -21,119 +24,167 @@ class Clock:
         self.t += max(0.0, seconds)
 
 
-def simulate(answer, seconds, demand=300.0, headers=lambda t: {}):
-    """One stream of requests as fast as ``demand`` allows and the controller lets through;
-    ``answer(t)`` is the provider's status for a request sent at t."""
-    clock = Clock()
-    control = Controller(32, clock=clock, sleep=clock.sleep)
-    log = []
-    while clock.t < seconds:
-        _, sent = control.acquire()
-        status = answer(clock.t)
-        control.release(sent, status, 1.0 if status == 429 else None, headers(clock.t))
-        log.append((clock.t, status))
-        clock.t += 1.0 / demand
-    return control, log
+def run(limit, seconds=240, concurrency=16, **kwargs):
+    def make(clock):
+        if isinstance(limit, limiters.AnthropicHeaders):
+            limit._wall = clock  # its reset instants on the simulation's clock
+        return Controller(concurrency, clock=clock, sleep=clock.sleep, wall=clock, **options)
+
+    options = kwargs.pop("options", {})
+
+    return limiters.simulate(make, limit, seconds, concurrency=concurrency, **kwargs)
 
 
-def bucket(per_second, burst=None):
-    state = {"tokens": burst or per_second, "at": 0.0}
-
-    def answer(t):
-        state["tokens"] = min(burst or per_second, state["tokens"] + (t - state["at"]) * per_second)
-        state["at"] = t
-        if state["tokens"] >= 1:
-            state["tokens"] -= 1
-            return 200
-        return 429
-
-    return answer
+SHAPES = {
+    "sliding window, 5 in any 1 s": lambda: limiters.SlidingWindow(5, 1.0),
+    "leaky bucket 5/s, no burst (nginx limit_req)": lambda: limiters.LeakyBucket(5.0, 0),
+    "leaky bucket 5/s, burst 10 nodelay": lambda: limiters.LeakyBucket(5.0, 10),
+    "token bucket 5/s, burst 20": lambda: limiters.TokenBucket(5.0, 20),
+    "token bucket 40/s, burst 40": lambda: limiters.TokenBucket(40.0, 40),
+}
 
 
-def between(log, start, end):
-    return [s for t, s in log if start <= t < end]
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_each_shape_is_held_at_its_edge(shape, seed):
+    limit = SHAPES[shape]()
+    result = run(limit, jitter=0.003, wake=0.006, seed=seed)
+    assert result.control.state == LIMITED
+    rate = limit.rate if hasattr(limit, "rate") and limit.rate else 5.0
+    used = result.accepted_rate(30) / rate
+    refused = result.refused_share(30)
+    assert used >= 0.9, (used, refused)
+    assert refused <= 0.10, (used, refused)
+
+
+def test_a_fixed_window_is_waited_for_at_its_reset_and_then_paced():
+    # 300 a minute, reset on the minute, 429s saying how long to the reset; the run starts 17 s
+    # into a minute, so its first window is short
+    limit = limiters.FixedWindow(300, 60.0)
+    result = run(limit, seconds=300, start=1017.0)
+    control = result.control
+    assert control.resets.count >= 2  # the reset instant was read from the 429s
+    whole = (63.0, 243.0)  # the whole minutes of the run after its first
+    used = result.accepted_rate(*whole) / 5.0
+    assert used >= 0.9, used
+    assert result.refused_share(*whole) <= 0.05
+    # once two resets are known, the quota per window paces the process just under it
+    assert control.state == LIMITED and 4.5 <= control.rate <= 5.3, control.rate
+    assert result.refused_share(183.0, 300.0) <= 0.02
+
+
+def test_a_limit_on_tokens_is_held_in_tokens():
+    # 2,000 tokens/s; requests cost 200 to 600 tokens each, so the request rate it allows varies
+    limit = limiters.TokenLimit(2000.0, 2000.0)
+    result = run(limit, cost=lambda rng: rng.uniform(200, 600), seed=3)
+    assert result.control.state == LIMITED
+    assert result.refused_share(30) <= 0.10
+    # accepted requests/s x 400 tokens on average against the 2,000 tokens/s
+    assert result.accepted_rate(30) * 400 >= 0.9 * 2000
+
+
+def test_a_window_whose_429s_do_not_say_when_it_resets_is_still_used():
+    # Retry-After: 1 for the rest of the minute: the holds double while nothing gets through
+    result = run(limiters.FixedWindow(300, 60.0, retry_after=1.0), seconds=360, start=1017.0)
+    used = result.accepted_rate(63.0, 303.0) / 5.0
+    assert used >= 0.85, used
+    assert result.refused_share(63.0, 303.0) <= 0.15
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [limiters.OpenAIHeaders(300), limiters.AnthropicHeaders(300)],
+    ids=["openai", "anthropic"],
+)
+def test_rate_limit_headers_pace_before_any_429(limit):
+    result = run(limit, seconds=180)
+    assert result.refused_share() == 0.0
+    assert result.control.limits_found == 0  # never needed to find it by 429s
+    assert result.accepted_rate(30) / 5.0 >= 0.9
 
 
 @pytest.mark.parametrize("share", [0.05, 0.08, 0.15])
 def test_random_429s_are_noise_and_do_not_slow_the_process(share):
-    rng = random.Random(3)
-    control, log = simulate(lambda t: 429 if rng.random() < share else 200, 30)
+    noisy = run(limiters.RandomRefusals(share, seed=3), seconds=30, concurrency=32)
+    # the same noise met by a controller that never slows down for anything
+    never = run(
+        limiters.RandomRefusals(share, seed=3),
+        seconds=30,
+        concurrency=32,
+        options={"min_429s": 10**9},
+    )
+    control = noisy.control
     assert control.state == CLEAR and control.limits_found == 0
-    # at most a couple of short tests at half rate: nearly the whole demand went out
-    assert len(log) >= 0.85 * 300 * 30, len(log)
-    assert control.noise == pytest.approx(share, abs=0.05) or control.tests == 0
-
-
-@pytest.mark.parametrize("limit", [5.0, 40.0])
-def test_a_real_limit_is_found_and_used_with_few_429s(limit):
-    control, log = simulate(bucket(limit), 90)
-    assert control.state == LIMITED and control.limits_found == 1
-    late = between(log, 30, 90)
-    ok = sum(1 for s in late if s == 200)
-    assert ok / 60 >= 0.9 * limit, ok / 60  # >= 90 % of the limit used
-    assert late.count(429) / len(late) <= 0.10, late.count(429) / len(late)
+    assert noisy.done >= 0.9 * never.done, (noisy.done, never.done)
+    assert control.noise == pytest.approx(share, abs=0.06) or control.tests == 0
 
 
 def test_a_limit_behind_noise_is_still_found():
-    rng = random.Random(5)
-    limited = bucket(20.0)
+    limit = limiters.Both(limiters.RandomRefusals(0.05, seed=5), limiters.TokenBucket(20.0, 20))
+    result = run(limit, seconds=240, seed=5)
+    assert result.control.state == LIMITED
+    assert result.accepted_rate(30) >= 0.85 * 20
+    # the noise cannot be told from the limit's edge round by round: more 429s than either
+    # alone (each retried after its own Retry-After), but the limit stays in full use
+    assert result.refused_share(30) <= 0.35
 
-    def answer(t):
-        return 429 if rng.random() < 0.05 else limited(t)
 
-    control, log = simulate(answer, 90)
+def test_each_verdict_is_logged_with_the_rate_it_settled_on(caplog):
+    caplog.set_level(logging.DEBUG, logger="transforms.core.api.backpressure")
+    result = run(limiters.TokenBucket(5.0, 20), seconds=90)
+    lines = [r.getMessage() for r in caplog.records]
+    verdicts = [line for line in lines if "verdict a rate limit" in line]
+    assert len(verdicts) == result.control.limits_found == 1
+    assert "pacing this process at" in verdicts[0]
+    rounds = [line for line in lines if line.startswith("back-pressure: round of")]
+    assert len(rounds) == result.control.search.rounds >= 5
+    assert all(("a limit, cut" in line or "within noise" in line) for line in rounds)
+    assert all("pace " in line and "requests/s" in line for line in rounds)
+    noisy = run(limiters.RandomRefusals(0.2, seed=2), seconds=10, concurrency=32)
+    assert noisy.control.noise_found >= 1
+    assert any("verdict noise" in r.getMessage() for r in caplog.records)
+
+
+def test_the_counters_say_what_was_held_and_why():
+    result = run(limiters.TokenBucket(5.0, 20), seconds=120)
+    control = result.control
+    counts = control.take_counts()
+    assert counts["backpressure_limit_verdicts"] == 1
+    assert counts["backpressure_paced_ms"] > 60_000
+    held = counts["backpressure_paced_ok"] / (counts["backpressure_paced_ms"] / 1000)
+    assert 4.5 <= held <= 5.5
+    assert counts["backpressure_pace_mrps"] == round(1000 * control.rate)
+    again = control.take_counts()  # only what grew since
+    assert "backpressure_limit_verdicts" not in again and "backpressure_pace_mrps" not in again
+
+
+def test_noise_is_counted_and_does_not_pace():
+    result = run(limiters.RandomRefusals(0.2, seed=2), seconds=10, concurrency=32)
+    counts = result.control.take_counts()
+    assert counts.get("backpressure_noise_verdicts", 0) >= 1
+    assert "backpressure_limit_verdicts" not in counts and "backpressure_paced_ms" not in counts
+
+
+def test_a_countdown_of_retry_afters_names_a_reset_and_holds_everyone_until_it():
+    clock = Clock()
+    control = Controller(8, clock=clock, sleep=clock.sleep)
+    clock.t = 100.0
+    for i in range(6):  # six 429s in a row, each counting down to t = 130
+        clock.t = 100.0 + 0.05 * i
+        control.release(clock.t, 429, 130.0 - clock.t)
+    assert control.resets.count == 1
+    assert control.gate.until == pytest.approx(130.05, abs=0.01)
     assert control.state == LIMITED
-    late = between(log, 30, 90)
-    assert sum(1 for s in late if s == 200) / 60 >= 0.85 * 20
-    # the noise cannot be told from the limit's edge round by round: more 429s than either alone
-    # (each retried after its own Retry-After), but the limit stays in full use
-    assert late.count(429) / len(late) <= 0.35
+    # noise with a constant, long Retry-After is no reset: the instants move with the 429s
+    other = Controller(8, clock=clock, sleep=clock.sleep)
+    for i in range(10):
+        clock.t = 200.0 + 0.3 * i
+        other.release(clock.t, 200)
+        other.release(clock.t, 429, 30.0)
+    assert other.resets.count == 0 and other.gate.until < 201
 
 
-def test_remaining_requests_headers_pace_before_any_429():
-    # the provider allows 100 requests per 10 s window and says so in its headers
-    window = {"start": 0.0, "used": 0}
-
-    def headers(t):
-        if t - window["start"] >= 10:
-            window["start"], window["used"] = t, 0
-        window["used"] += 1
-        left = max(0, 100 - window["used"])
-        reset = 10 - (t - window["start"])
-        return {
-            "x-ratelimit-remaining-requests": str(left),
-            "x-ratelimit-reset-requests": f"{reset:.3f}s",
-        }
-
-    def answer(t):
-        return 200 if window["used"] < 100 else 429
-
-    control, log = simulate(answer, 40, headers=headers)
-    assert log.count((None, 429)) == 0
-    assert sum(1 for _, s in log if s == 429) <= 0.05 * len(log)
-
-
-@pytest.mark.parametrize(
-    "text,seconds",
-    [
-        ("1s", 1.0),
-        ("6m0s", 360.0),
-        ("20ms", 0.02),
-        ("1h2m3.5s", 3723.5),
-        ("0.5", 0.5),
-        (" 2 ", 2.0),
-    ],
-)
-def test_reset_durations_are_read(text, seconds):
-    assert backpressure.parse_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("text", [None, "", "soon", "-3", "1e400", "nan", "99999999s", "5x"])
-def test_unreadable_reset_durations_are_ignored(text):
-    assert backpressure.parse_duration(text) is None
-
-
-def test_slow_start_opens_the_slots_one_per_success():
+def test_a_slow_start_opens_the_slots_one_per_success():
     clock = Clock()
     control = Controller(16, clock=clock, sleep=clock.sleep)
     assert control.slots.limit == 4

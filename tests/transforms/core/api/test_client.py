@@ -2,6 +2,7 @@
 real round trips against the loopback endpoint with injected faults."""
 
 import email.utils
+import json
 import random
 import threading
 import time
@@ -9,6 +10,7 @@ import time
 import pytest
 import requests
 
+from tests.support import limiters
 from tests.support.fake_api import FaultPlan, RecordingApi
 from tests.support.openapi import request_errors
 from transforms.core import describe_config, request_builder
@@ -416,3 +418,43 @@ def test_rate_limiter_spaces_requests():
     gaps = [b - a for a, b in zip(api.arrivals, api.arrivals[1:])]
     assert min(gaps) >= 0.09
     assert time.monotonic() - start >= 0.5
+
+
+# a 429 as Gemini's OpenAI-compatible endpoint sends it: no header, the wait in the body
+GEMINI_429 = [
+    {
+        "error": {
+            "code": 429,
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0.75s"}
+            ],
+        }
+    }
+]
+
+
+def test_a_gemini_429_is_waited_out_like_retry_after_by_the_client():
+    """The client's back-off for a 429 whose only wait is the body's retryDelay is that wait."""
+
+    class Once:  # the first request refused as Gemini refuses, the rest admitted
+        rate = None
+
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, now, cost=1.0):
+            self.calls += 1
+            if self.calls == 1:
+                return limiters.Decision(False, {}, GEMINI_429)
+            return limiters.Decision(True)
+
+    waits = []
+    with limiters.ShapedApi(Once(), latency=0.0) as api, requests.Session() as http:
+        client = v.VisionClient(http, api.base_url, sleep=waits.append, rng=random.Random(1))
+        body = request_builder.build_request(
+            "https://example.org/cat.jpg", describe_config.ChatConfig()
+        )
+        result = client.complete(json.loads(json.dumps(body)))
+    assert result.ok and result.rate_limited == 1
+    assert len(waits) == 1 and 0.75 <= waits[0] <= 0.75 + min(1.0, 0.075 + 0.05) + 1e-9

@@ -130,3 +130,44 @@ def test_a_key_echoed_in_a_plain_text_body_is_redacted_even_past_the_quote():
     body = ("x" * 190 + KEY).encode()
     err = http_error(400, "h", {}, body, secrets=(KEY,))
     assert KEY[:12] not in err.message
+
+
+# -- Gemini's RetryInfo (in the 429 body, when no header says the wait) ----------------------
+def _gemini(delay):
+    return [
+        {
+            "error": {
+                "code": 429,
+                "status": "RESOURCE_EXHAUSTED",
+                "details": [
+                    {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay},
+                ],
+            }
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "payload,seconds",
+    [
+        (_gemini("37s"), 37.0),
+        (_gemini("0.5s"), 0.5),
+        (_gemini({"seconds": 2, "nanos": 500000000}), 2.5),
+        (_gemini("1e400s"), 600.0),  # capped
+        (_gemini("-3s"), None),
+        (_gemini("soon"), None),
+        (_gemini(["37s"]), None),
+        (_gemini("37s")[0], 37.0),  # the native API: the object itself, not in a list
+        ({"error": {"details": "nope"}}, None),
+        ("not json", None),
+        (None, None),
+    ],
+)
+def test_gemini_retry_info_is_read_like_retry_after(payload, seconds):
+    got = retry_after_of({}, payload, cap=600.0)
+    assert got == (pytest.approx(seconds) if seconds is not None else None)
+
+
+def test_a_retry_after_header_wins_over_the_body():
+    assert retry_after_of({"Retry-After": "3"}, _gemini("37s")) == 3.0

@@ -1,0 +1,238 @@
+"""The pace under a found rate limit, and what the answers say about it. No Beam.
+
+- ``RateSearch``: cut the pace to what was accepted when a round of answers draws more 429s than
+  the provider's noise explains, climb back towards the pace that drew them (the ceiling), probe
+  past it now and then;
+- ``ResetWatch``: a fixed window's reset told from the 429s' Retry-After (they count down to one
+  instant), and the resets seen, for the quota per window;
+- ``AcceptedHistory``: answers per second of sending over the last two minutes, for the
+  long-run accepted rate.
+
+``backpressure.Controller`` drives them under its lock; none is thread-safe on its own.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+from transforms.core.api.ratelimit import MIN_RATE
+
+ROUND = 40  # answers per pace decision while limited (fewer when the 429s are plain)
+
+
+class RateSearch:
+    """The pace under a found limit: cut to what was accepted when a round of answers draws more
+    429s than the provider's noise explains, climb back towards the pace that drew them (the
+    ceiling), probe past it now and then. Not thread-safe (the controller's lock guards it)."""
+
+    def __init__(self, rate: float, now: float, noise: float = 0.0, ceiling: float | None = None):
+        self.rate = max(MIN_RATE, rate)
+        # the lowest pace that drew an excess of 429s (the test's, when it says so)
+        self.ceiling = max(ceiling, self.rate) if ceiling else None
+        self.good: float | None = None  # the pace of the last round that did not
+        self.past: collections.deque = collections.deque(maxlen=12)  # (pace, share) per round
+        self._floor = noise  # what the tests before found, until rounds say better
+        self._quiet = 0
+        self._probe_wait = 2  # quiet rounds at the ceiling before a probe past it
+        self._step = 0.02  # a probe's step past the ceiling; doubles while probes find none
+        self._probing = False  # the pace is past the last ceiling found
+        self._spent = False  # the last round had every answer refused (a quota spent for now)
+        self.rounds = self.cuts = 0
+        self._begin(now)
+
+    def _begin(self, now: float) -> None:
+        self.start, self.n, self.k = now, 0, 0
+
+    @property
+    def floor(self) -> float:
+        """The provider's own share of 429s, whatever the pace: the mean share of the last
+        rounds sent at least 8 % slower than this one (a limit's 429s grow with the pace past
+        it, noise's do not), kept from the last time there were two such rounds; until then
+        the noise the tests found."""
+        slower = [share for pace, share in self.past if pace <= 0.92 * self.rate]
+        if len(slower) >= 2:
+            self._floor = sum(slower) / len(slower)
+        return self._floor
+
+    def window(self, quota_rate: float, now: float) -> None:
+        """A fixed window's quota per second is known: pace just under it. The window's own
+        429s (its quota spent before the reset) go to the reset watch, not to the rounds, so
+        the rounds see none: probing past a measured quota would only spend it early, so the
+        next probe waits 16 quiet rounds (longer than a minute's window at most paces), and
+        each reset measures the quota again."""
+        self.ceiling = quota_rate
+        self.rate = max(MIN_RATE, 0.98 * quota_rate)
+        self.good = None
+        self._quiet = 0
+        self._probe_wait = max(self._probe_wait, 16)
+        self._step = 0.02
+        self._probing = False
+        self._begin(now)
+
+    def margin(self, n: int) -> float:
+        """429s beyond the floor that chance does not explain: two standard deviations + 3
+        points."""
+        f = max(self.floor, 0.01)
+        return 2 * math.sqrt(f * (1 - f) / n) + 0.03
+
+    def observe(
+        self, now: float, sent_at: float, throttled: bool, long_rate: float
+    ) -> tuple[str, float, int] | None:
+        """One answer. At the end of a round: (``'cut'``, ``'raise'`` or ``'hold'``, the round's
+        share of 429s, its answers), the new pace in ``rate``."""
+        if sent_at < self.start:
+            return None  # sent at an older pace
+        self.n += 1
+        self.k += throttled
+        n, k = self.n, self.k
+        elapsed = max(1e-3, now - self.start)
+        share = k / n
+        floor = self.floor
+        # a round ends early when its 429s are plain, or when there are none while climbing
+        plain = n >= 8 and k >= 4 and share >= floor + 2 * self.margin(n)
+        climbing = self.ceiling is None and k == 0 and n >= ROUND // 2
+        if not (plain or climbing or n >= ROUND or (n >= 10 and elapsed >= 10.0)):
+            return None
+        self.rounds += 1
+        rate = self.rate
+        self.past.append((rate, share))
+        spent, self._spent = self._spent, k == n
+        if k == n and spent:
+            # nothing accepted again: a quota spent until its reset (a window whose 429s do not
+            # say when), where a slower pace gets no more through; the round before cut once,
+            # the process-wide holds wait for the reset, and cutting each round of refusals
+            # would leave the pace far under the quota once it is back
+            verdict = "hold"
+        elif share > floor + self.margin(n):
+            self._cut(rate, (n - k) / elapsed, long_rate, plain)
+            verdict = "cut"
+        elif n / elapsed < 0.7 * rate:
+            verdict = "hold"  # the pace did not bind (fewer were sent): raising it says nothing
+        else:
+            verdict = self._raise(rate, k)
+        self.rate = max(MIN_RATE, self.rate)
+        self._begin(now)
+        return verdict, share, n
+
+    def _cut(self, rate: float, accepted: float, long_rate: float, plain: bool) -> None:
+        """To what the provider accepted (this round, the last pace without excess, the long
+        run), by 5 % at least and half at most."""
+        self.cuts += 1
+        if self._probing and plain:  # a probe past the ceiling found it plainly: probe less
+            self._probe_wait = min(16, 2 * self._probe_wait)
+        self._probing = False
+        self._step = 0.02
+        self.ceiling = rate if self.ceiling is None else min(self.ceiling, rate)
+        best = max(0.98 * accepted, 0.97 * long_rate)
+        if self.good is not None and self.good < rate:
+            best = max(best, 0.97 * self.good)
+        self.rate = min(0.95 * rate, max(0.5 * rate, best))
+        self._quiet = 0
+
+    def _raise(self, rate: float, k: int) -> str:
+        """Climb: fast while no ceiling is known, halfway to just under it, then a probe past
+        it every ``_probe_wait`` quiet rounds, of 2 %, doubled each time it finds no limit
+        (a ceiling found by chance, or a limit since raised, is soon left behind)."""
+        self.good = rate
+        if self._probing:  # past the old ceiling without excess: the limit may have risen
+            self._probe_wait = max(2, self._probe_wait // 2)
+            if k == 0:  # without a single 429: probe further
+                self._step = min(0.25, 2 * self._step)
+        c = self.ceiling
+        if c is None:
+            self.rate = rate * (1.25 if k == 0 else 1.05)
+            return "raise"
+        if rate < 0.965 * c:
+            self.rate = min(0.97 * c, rate + max(0.5 * (0.97 * c - rate), 0.02 * rate))
+            return "raise"
+        self._quiet += 1
+        if self._quiet < self._probe_wait:
+            return "hold"
+        self._quiet = 0
+        self.rate = rate * (1 + self._step)
+        if self.rate > 0.97 * c:
+            self.ceiling = self.rate / 0.97
+            self._probing = True
+        return "probe"
+
+
+class ResetWatch:
+    """Tells a fixed window's reset from the 429s' Retry-After: a window's 429s all point at one
+    instant (their waits count down), a continuous limit's or noise's at now + a constant. Three
+    429s asking for 2 s or more, arrived over at least 1.5 s, whose instants agree within a
+    second, name a reset. Also keeps the resets seen, for the quota per window."""
+
+    def __init__(self):
+        self._recent: collections.deque = collections.deque(maxlen=16)  # (arrived, instant)
+        self._last: collections.deque = collections.deque(maxlen=6)  # instants; None: not one
+        self.resets: collections.deque = collections.deque(maxlen=4)
+        self.count = 0
+
+    def observe(self, now: float, throttled: bool, retry_after: float | None) -> float | None:
+        """An answer (a 429 with its wait); the reset instant when this one makes it plain, once
+        per reset: three 429s over 1.5 s or more pointing at one instant, or the last six
+        answers all 429s pointing at it (the quota is spent: a cold start at full speed spends
+        it in a fraction of a second, and every request after it is refused)."""
+        if not throttled or retry_after is None or retry_after < 2.0:
+            self._last.append(None)
+            return None
+        instant = now + retry_after
+        self._last.append(instant)
+        recent = self._recent
+        recent.append((now, instant))
+        while recent and recent[0][0] < now - 10.0:
+            recent.popleft()
+        agree = [(t, i) for t, i in recent if abs(i - instant) <= 1.0]
+        last = self._last
+        spent = len(last) == last.maxlen and all(
+            i is not None and abs(i - instant) <= 1.0 for i in last
+        )
+        if len(agree) < 3 or (agree[-1][0] - agree[0][0] < 1.5 and not spent):
+            return None
+        reset = max(i for _, i in agree)
+        if self.resets and abs(self.resets[-1] - reset) <= 2.0:
+            return None  # this reset is known already
+        self.resets.append(reset)
+        self.count += 1
+        return reset
+
+    def period(self) -> tuple[float, float] | None:
+        """The last whole window (start, end), once two resets are known: it ends at the last
+        reset and lasts the shortest gap seen between two resets (two resets in a row may be
+        several windows apart, when the pace held under the quota and no 429 named the ones
+        between)."""
+        if len(self.resets) < 2:
+            return None
+        resets = list(self.resets)
+        gap = min(b - a for a, b in zip(resets, resets[1:]))
+        return resets[-1] - gap, resets[-1]
+
+
+class AcceptedHistory:
+    """Answers per second of sending over the last two minutes: the long-run accepted rate."""
+
+    def __init__(self, seconds: int = 120):
+        self._buckets: collections.deque = collections.deque()  # [second, ok, throttled]
+        self._seconds = seconds
+
+    def add(self, sent_at: float, ok: bool, throttled: bool) -> None:
+        second = math.floor(sent_at)
+        buckets = self._buckets
+        if not buckets or buckets[-1][0] < second:
+            buckets.append([second, 0, 0])
+            while buckets[0][0] < second - self._seconds:
+                buckets.popleft()
+        for bucket in reversed(buckets):  # an answer to an older send lands in its own second
+            if bucket[0] <= second:
+                if bucket[0] == second:
+                    bucket[1] += ok
+                    bucket[2] += throttled
+                break
+
+    def first(self) -> float:
+        return self._buckets[0][0] if self._buckets else 0.0
+
+    def accepted(self, start: float, end: float) -> int:
+        """Accepted requests sent in the seconds that overlap [start, end)."""
+        return sum(b[1] for b in self._buckets if start < b[0] + 1 and b[0] < end)
