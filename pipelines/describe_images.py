@@ -36,7 +36,13 @@ from pipelines.describe_setup import (
     validate,
     worker_processes,
 )
-from pipelines.summary import every_row_failed, format_dry_run, format_summary, summarize
+from pipelines.summary import (
+    every_row_failed,
+    format_dry_run,
+    format_summary,
+    preflight_totals,
+    summarize,
+)
 from schemas import rows as schema
 from transforms import bigquery_endpoints
 from transforms import describe_images as di
@@ -220,6 +226,7 @@ def run(argv: list[str] | None = None, bigquery_client=None):
                 endpoint.base_url,
             )
         api_base = endpoint.base_url if endpoint else opts.api_base
+        probe = None  # the preflight's answer: a billed request, in the summary's cost
         if not opts.skip_preflight and not dry_run:
             try:
                 if opts.output:
@@ -230,7 +237,7 @@ def run(argv: list[str] | None = None, bigquery_client=None):
                 )
                 # batch mode: the batch API itself says at once whether the key and model work
                 if opts.mode != "batch":
-                    preflight.check_model_answers(
+                    probe = preflight.check_model_answers(
                         api_base, cfg.chat, cfg.api_key_env, cfg.api_key_secret, cfg.request_timeout
                     )
             except preflight.PreflightError as exc:
@@ -254,6 +261,7 @@ def run(argv: list[str] | None = None, bigquery_client=None):
                 raise
             raise SystemExit(f"describe_images: {line}") from None
         totals = summarize(result, time.monotonic() - started)
+        totals.update(preflight_totals(probe, opts))
         result.vision_enrich_totals = totals  # for main()'s exit status
         report = format_dry_run if dry_run else format_summary
         text = report(totals, opts)

@@ -73,7 +73,9 @@ def check_model_answers(
     api_key_env: str | None,
     api_key_secret: str | None,
     timeout: float,
-) -> None:
+) -> vision_api.CallResult:
+    """Send the one-image test request; its answer (a billed request: the summary counts its
+    usage in the job's cost) or PreflightError saying what to fix."""
     try:
         key = secrets.api_key(api_key_env, api_key_secret)
     except secrets.ApiKeyError as exc:
@@ -97,7 +99,7 @@ def check_model_answers(
     finally:
         session.close()
     if result.ok:
-        return
+        return result
     if result.error_type in ("tls", "proxy"):  # the message names the host, cause and fix
         raise PreflightError(f"cannot reach the API: {result.error}")
     fix = {

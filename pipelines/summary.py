@@ -53,9 +53,9 @@ def format_summary(totals: dict[str, float], opts: DescribeImagesOptions) -> str
         f"  tokens      {int(totals.get('prompt_tokens', 0))} prompt (estimated "
         f"{int(totals.get('estimated_prompt_tokens', 0))}) + "
         f"{int(totals.get('completion_tokens', 0))} completion, from the usage blocks",
-        f"  cost        ${totals.get('cost_microdollars', 0) / 1e6:.4f} at {_price_source(opts)} "
-        f"(estimated ${totals.get('estimated_cost_microdollars', 0) / 1e6:.4f} before sending, "
-        "completion at --max_tokens)" + _unread(totals),
+        f"  cost        {usd(job_cost(totals))} at {_price_source(opts)} "
+        f"(estimated {usd(totals.get('estimated_cost_microdollars', 0) / 1e6)} before sending, "
+        "completion at --max_tokens)" + _preflight(totals) + _unread(totals),
         f"  elapsed     {elapsed:.1f} s",
         f"  throttled   {int(totals.get('cumulativeThrottlingSeconds', 0))} s waiting on the "
         "rate budget or the provider's 429s",
@@ -87,13 +87,52 @@ def format_summary(totals: dict[str, float], opts: DescribeImagesOptions) -> str
     return "\n".join(lines)
 
 
+def usd(amount: float) -> str:
+    """Dollars with digits enough to judge a small run: cents from $100, four places from $1,
+    six under it ($0.005512, not $0.0055)."""
+    if amount >= 100:
+        return f"${amount:,.2f}"
+    return f"${amount:.4f}" if amount >= 1 else f"${amount:.6f}"
+
+
+def job_cost(totals: dict[str, float]) -> float:
+    """USD the run was billed for, from the usage blocks: every row's answers and the
+    preflight's one request (answers paid but unreadable are added apart, at the estimate)."""
+    return (totals.get("cost_microdollars", 0) + totals.get("preflight_cost_microdollars", 0)) / 1e6
+
+
+def preflight_totals(result, opts: DescribeImagesOptions) -> dict[str, float]:
+    """The preflight's one billed request (``preflight.check_model_answers``' answer) as the
+    summary's counters, priced like every row's answer."""
+    completion = getattr(result, "completion", None)
+    if completion is None:
+        return {}
+    prompt, done = completion.prompt_tokens or 0, completion.completion_tokens or 0
+    prices = pricing.prices(models.spec_for(opts.model), derived(opts).prices)
+    return {
+        "preflight_prompt_tokens": prompt,
+        "preflight_completion_tokens": done,
+        "preflight_cost_microdollars": pricing.cost(prices, prompt, done) * 1e6,
+    }
+
+
+def _preflight(totals: dict[str, float]) -> str:
+    if "preflight_cost_microdollars" not in totals:
+        return ""
+    return (
+        f"; {usd(totals['preflight_cost_microdollars'] / 1e6)} of it the preflight's test request "
+        f"({int(totals.get('preflight_prompt_tokens', 0))} + "
+        f"{int(totals.get('preflight_completion_tokens', 0))} tokens)"
+    )
+
+
 def _unread(totals: dict[str, float]) -> str:
     """Answers with HTTP 200 that could not be read: billed, but with no usage block to count."""
     n = int(totals.get("paid_unreadable_answers", 0))
     if not n:
         return ""
     return (
-        f" + ~${totals.get('unread_cost_microdollars', 0) / 1e6:.4f} for {n} answers paid but "
+        f" + ~{usd(totals.get('unread_cost_microdollars', 0) / 1e6)} for {n} answers paid but "
         "unreadable (HTTP 200 with a body that could not be read, decoded or parsed; priced at "
         "the estimate)"
     )

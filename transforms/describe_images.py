@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import queue
 import threading
 from collections.abc import Iterable
@@ -73,6 +74,23 @@ def release_worker(cfg: DescribeConfig) -> None:
             return
         del _WORKERS[cfg]
     entry[0].close()
+
+
+class MicroDollars:
+    """A counter of USD in millionths that carries what is under one from request to request: a
+    request to a cheap model costs a few dozen millionths, and rounding each one would move
+    the run's cost by a percent or more."""
+
+    def __init__(self, namespace: str, name: str):
+        self._counter = Metrics.counter(namespace, name)
+        self._carry = 0.0
+
+    def add(self, usd: float) -> None:
+        self._carry += usd * 1e6
+        whole = math.floor(self._carry)
+        if whole:
+            self._counter.inc(whole)
+            self._carry -= whole
 
 
 class DescribeImagesFn(beam.DoFn):
@@ -139,10 +157,10 @@ class DescribeImagesFn(beam.DoFn):
         self._billed_requests = Metrics.counter(ns, "images_sent")
         self._reused = Metrics.counter(ns, "rows_reusing_an_answer")
         self._estimated_tokens = Metrics.counter(ns, "estimated_prompt_tokens")
-        self._cost = Metrics.counter(ns, "cost_microdollars")
-        self._estimated_cost = Metrics.counter(ns, "estimated_cost_microdollars")
+        self._cost = MicroDollars(ns, "cost_microdollars")
+        self._estimated_cost = MicroDollars(ns, "estimated_cost_microdollars")
         self._paid_unread = Metrics.counter(ns, "paid_unreadable_answers")
-        self._unread_cost = Metrics.counter(ns, "unread_cost_microdollars")
+        self._unread_cost = MicroDollars(ns, "unread_cost_microdollars")
 
     @property
     def config(self) -> DescribeConfig:
@@ -286,11 +304,11 @@ class DescribeImagesFn(beam.DoFn):
             self._prompt_tokens.inc(outcome.prompt_tokens)
             self._completion_tokens.inc(outcome.completion_tokens)
             self._estimated_tokens.inc(outcome.estimated_prompt_tokens)
-            self._cost.inc(round(outcome.cost * 1e6))
-            self._estimated_cost.inc(round(outcome.estimated_cost * 1e6))
+            self._cost.add(outcome.cost)
+            self._estimated_cost.add(outcome.estimated_cost)
         if result.paid_unread:
             self._paid_unread.inc(result.paid_unread)
-            self._unread_cost.inc(round(outcome.unread_cost * 1e6))
+            self._unread_cost.add(outcome.unread_cost)
         if outcome.reused:
             self._reused.inc(len(outcome.rows))
         described = sum(1 for tag, _ in outcome.rows if tag == DESCRIPTIONS)

@@ -3,6 +3,7 @@ already described (and retries failures), --dry_run estimates without calling th
 --max_images / --max_cost stop the spending, and the summary sets actual tokens beside the
 estimate. The whole job, against the loopback endpoint."""
 
+import json
 import re
 import shutil
 
@@ -11,11 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipelines import describe_images as job
 from pipelines.describe_setup import derived, validate
-from tests.pipelines.conftest import read_output, write_input
+from pipelines.summary import usd
+from tests.pipelines.conftest import KEY, read_output, write_input
 from tests.support import images as timg
 from tests.support.fake_api import RecordingApi, image_digest, sha_answer
 from transforms.core.offline.endpoint import ChatEndpoint, Fault
+from transforms.core.question import models
 
 
 def write_rows(tmp_path, rows, name="input.parquet"):
@@ -277,7 +281,7 @@ def test_max_cost_is_never_crossed(tmp_path, run_job, capsys):
     paid = sum(r["prompt_tokens"] for r in described) * 1000 / 1e6
     assert paid <= 1.0
     summary = capsys.readouterr().out
-    assert f"cost        ${paid:.4f} at --price_table prices" in summary
+    assert f"cost        {usd(paid)} at --price_table prices" in summary
 
 
 def test_summary_reports_actual_tokens_beside_the_estimate(tmp_path, run_job, capsys):
@@ -290,6 +294,53 @@ def test_summary_reports_actual_tokens_beside_the_estimate(tmp_path, run_job, ca
     summary = capsys.readouterr().out
     found = re.search(r"tokens\s+(\d+) prompt \(estimated (\d+)\)", summary)
     assert found and int(found.group(1)) == actual and int(found.group(2)) > 0
+
+
+@pytest.mark.parametrize(
+    "model,prices",
+    [("gpt-4o", None), ("gpt-4o-mini", None), ("some-cheap-model", (0.05, 0.2))],
+)
+def test_the_summary_cost_is_the_bill_for_the_usage_blocks_returned(
+    tmp_path, monkeypatch, capsys, model, prices
+):
+    """The bill is what the provider charges for the usage blocks it returned: every answer the
+    endpoint sent with HTTP 200, the preflight's test request included, at the same prices. The
+    summary's cost matches it within 1 % (here, to the millionth of a dollar: each request's
+    fraction of a millionth is carried, not rounded away), and prints enough digits to see it
+    for a run of a few images at a cheap model's prices."""
+    monkeypatch.setenv("VE_KEY", KEY)
+    source, _ = write_input(tmp_path, 6)
+    billed = []
+
+    def answer(body):
+        got = sha_answer(body)
+        billed.append(got["usage"])
+        return got
+
+    flags = []
+    if prices:
+        flags = ["--price_table", json.dumps({model: {"input": prices[0], "output": prices[1]}})]
+    else:
+        spec = models.spec_for(model)
+        prices = (spec.input_price, spec.output_price)
+    with RecordingApi(answer=answer) as api:
+        job.run(
+            ["--input", source, "--output", str(tmp_path / "out"), "--api_base", api.base_url,
+             "--api_key_env", "VE_KEY", "--model", model, *flags]
+        )  # fmt: skip
+    assert len(billed) == 7  # six rows and the preflight's request
+    bill = sum(u["prompt_tokens"] * prices[0] + u["completion_tokens"] * prices[1] for u in billed)
+    bill /= 1e6
+    summary = capsys.readouterr().out
+    found = re.search(r"cost\s+\$([0-9.,]+) at .*?; \$([0-9.]+) of it the preflight", summary)
+    assert found, summary
+    printed, preflight_part = float(found.group(1).replace(",", "")), float(found.group(2))
+    assert abs(printed - bill) <= 0.01 * bill and abs(printed - bill) < 2e-6, (printed, bill)
+    first = billed[0]  # the preflight goes first
+    assert preflight_part == pytest.approx(
+        (first["prompt_tokens"] * prices[0] + first["completion_tokens"] * prices[1]) / 1e6,
+        abs=1e-6,
+    )
 
 
 def test_each_run_has_its_own_ledger(tmp_path, run_job, monkeypatch):
