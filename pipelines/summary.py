@@ -7,8 +7,10 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from pipelines.describe_options import DescribeImagesOptions
 from pipelines.describe_setup import derived
-from transforms.core.describe_config import NAMESPACE
-from transforms.core.question import models, pricing
+from transforms.core.describe_config import NAMESPACE, RESERVED_COLUMNS, sent_instructions
+from transforms.core.images import sizes as image_sizes
+from transforms.core.question import caching, models, pricing
+from transforms.core.question import output_schema as structured
 
 
 def summarize(result, elapsed: float) -> dict[str, float]:
@@ -219,4 +221,21 @@ def format_dry_run(totals: dict[str, float], opts: DescribeImagesOptions) -> str
         f"--max_tokens; {_price_source(opts)}",
         f"  elapsed     {totals['elapsed_s']:.1f} s",
     ]
+    cache = cache_line(opts)
+    if cache:
+        lines.insert(-1, cache)
     return "\n".join(lines)
+
+
+def cache_line(opts: DescribeImagesOptions) -> str | None:
+    """Whether the part of each request that repeats row to row (system prompt, a prompt
+    without a template, the schema instructions sent in the prompt) is long enough for the
+    provider to cache; None where the provider's caching is unknown."""
+    spec = models.spec_for(opts.model)
+    text = derived(opts).output_schema
+    schema = structured.parse_output_schema(text, RESERVED_COLUMNS) if text else None
+    repeating = [opts.system_prompt or "", sent_instructions(spec, schema)]
+    if not opts.prompt_template:
+        repeating.append(opts.prompt or "")
+    note = caching.prefix_note(spec, sum(image_sizes.text_tokens(t) for t in repeating if t))
+    return f"  caching     {note}" if note else None

@@ -58,6 +58,20 @@ DESCRIPTION_FIELDS: tuple[Field, ...] = (
     Field("prompt_tokens", "INT64", True, "usage.prompt_tokens of the response (billing truth)."),
     Field("completion_tokens", "INT64", True, "usage.completion_tokens of the response."),
     Field("total_tokens", "INT64", True, "usage.total_tokens of the response."),
+    Field(
+        "cached_prompt_tokens",
+        "INT64",
+        True,
+        "The part of prompt_tokens read from the provider's prompt cache, billed at its cached "
+        "rate (usage.prompt_tokens_details.cached_tokens; Anthropic's cache_read_input_tokens).",
+    ),
+    Field(
+        "cache_write_tokens",
+        "INT64",
+        True,
+        "The part of prompt_tokens written to the provider's prompt cache, billed at its "
+        "cache-write rate (Anthropic's cache_creation_input_tokens).",
+    ),
     Field("finish_reason", "STRING", True, "choices[0].finish_reason (stop, length, ...)."),
     Field("response_id", "STRING", True, "The API's id for the completion."),
     Field("latency_ms", "FLOAT64", False, "Wall time of the successful attempt, milliseconds."),

@@ -24,7 +24,7 @@ from transforms.core.describe_config import (
     sent_instructions,
 )
 from transforms.core.images import loader as images
-from transforms.core.question import answers, models, pricing
+from transforms.core.question import answers, caching, models, pricing
 from transforms.core.question import output_schema as structured
 
 
@@ -68,6 +68,28 @@ class RequestBuilder:
         self.instructions = structured.instructions(self.schema) if self.schema else None
         self.sent_instructions = sent_instructions(self.spec, self.schema)
         self.prices = pricing.prices(self.spec, {m: (i, o) for m, i, o in cfg.price_table})
+        self.cache_rule = caching.rule_for(self.spec)
+
+    def answer_cost(
+        self,
+        c: Any,
+        estimate: int,
+        prices: tuple[float, float] | None = None,
+        ttl: str = "5m",
+    ) -> float:
+        """USD for one answer's usage block (a ``responses.Completion``) at ``prices`` (default:
+        the job's online prices): plain prompt tokens, cached reads and cache writes each at
+        their own rate (``question.caching``); the estimate stands in for a missing prompt
+        count."""
+        return caching.cached_cost(
+            prices or self.prices,
+            self.cache_rule,
+            estimate if c.prompt_tokens is None else c.prompt_tokens,
+            c.completion_tokens or 0,
+            c.cached_tokens or 0,
+            c.cache_write_tokens or 0,
+            ttl,
+        )
 
     def estimate(self, prepared: images.PreparedImage, prompt: str, max_side: int):
         """(prompt tokens, completion bound, estimated cost) of one image's request."""

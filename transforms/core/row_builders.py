@@ -40,6 +40,8 @@ def answer_columns(
         "prompt_tokens": c.prompt_tokens,
         "completion_tokens": c.completion_tokens,
         "total_tokens": c.total_tokens,
+        "cached_prompt_tokens": c.cached_tokens,
+        "cache_write_tokens": c.cache_write_tokens,
         "finish_reason": c.finish_reason,
         "response_id": c.response_id,
         "latency_ms": float(result.latency_ms),

@@ -141,6 +141,20 @@ class Completion:
     completion_tokens: int | None
     total_tokens: int | None
     response_id: str | None
+    # the parts of prompt_tokens read from and written to the provider's prompt cache (OpenAI's
+    # prompt_tokens_details.cached_tokens; Anthropic's cache_read_input_tokens and
+    # cache_creation_input_tokens, which a compatible server may pass through)
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
+
+
+def cache_counts(usage: dict) -> tuple[int | None, int | None]:
+    """(cached reads, cache writes) of a usage block, either provider's words."""
+    details = usage.get("prompt_tokens_details")
+    read = count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    if read is None:
+        read = count(usage.get("cache_read_input_tokens"))
+    return read, count(usage.get("cache_creation_input_tokens"))
 
 
 class ResponseError(ValueError):
@@ -186,6 +200,7 @@ def parse_completion(payload: Any, secrets: Iterable[str] = ()) -> Completion:
         raise ResponseError(f"the model returned no text ({why})", "empty_answer")
     usage = payload.get("usage")
     usage = usage if isinstance(usage, dict) else {}
+    cached, written = cache_counts(usage)
     return Completion(
         # valid UTF-8 and capped, not redacted: the row it becomes is redacted where it is made
         content=sanitize.valid_text(content[:MAX_CONTENT]),
@@ -195,6 +210,8 @@ def parse_completion(payload: Any, secrets: Iterable[str] = ()) -> Completion:
         completion_tokens=count(usage.get("completion_tokens")),
         total_tokens=count(usage.get("total_tokens")),
         response_id=_string(payload.get("id"), MAX_FIELD, secrets),
+        cached_tokens=cached,
+        cache_write_tokens=written,
     )
 
 

@@ -35,6 +35,8 @@ import requests
 from transforms.core.api import responses as api_responses
 from transforms.core.batch.records import BatchRecord, LineOutcome, message_of, sanitized_id
 from transforms.core.batch.transport import BatchHttp, BatchHttpError, StreamBody
+from transforms.core.images import sizes as image_sizes
+from transforms.core.question import caching, models
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -66,8 +68,17 @@ def _image_block(url: str) -> dict[str, Any]:
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 
-def to_params(body: dict[str, Any]) -> dict[str, Any]:
-    """Messages API params for an OpenAI-shaped chat/completions body."""
+def to_params(
+    body: dict[str, Any], cache_ttl: str | None = None, text_repeats: bool = False
+) -> dict[str, Any]:
+    """Messages API params for an OpenAI-shaped chat/completions body.
+
+    With ``cache_ttl`` (``"5m"`` or ``"1h"``) the part that repeats from row to row carries
+    ``cache_control`` when it is long enough for the model's minimum cacheable prefix
+    (``question.caching``): the system prompt, and — when ``text_repeats`` (the prompt is the
+    same for every row) — the user text too, which then goes before the image so the prefix is
+    byte-identical row to row. Shorter prefixes are sent as before, image first (Anthropic's
+    vision guide's order): under the minimum Anthropic would not cache them anyway."""
     system, messages = [], []
     for message in body.get("messages") or []:
         content = message.get("content")
@@ -80,17 +91,44 @@ def to_params(body: dict[str, Any]) -> dict[str, Any]:
                 blocks.append({"type": "text", "text": part.get("text") or ""})
             elif part.get("type") == "image_url":
                 blocks.append(_image_block((part.get("image_url") or {}).get("url") or ""))
-        # Anthropic's vision guide puts the image before the text
-        blocks.sort(key=lambda b: b["type"] != "image")
         messages.append({"role": message.get("role") or "user", "content": blocks})
+    system_text = "\n\n".join(system)
+    user_text = "".join(
+        b["text"] for m in messages[-1:] for b in m["content"] if b["type"] == "text"
+    )
+    mark = _cache_mark(body.get("model"), cache_ttl, system_text, user_text if text_repeats else "")
+    for message in messages:
+        if mark and text_repeats:
+            message["content"].sort(key=lambda b: b["type"] == "image")  # the text first
+            texts = [b for b in message["content"] if b["type"] == "text"]
+            if texts:
+                texts[-1]["cache_control"] = dict(mark)
+        else:
+            # Anthropic's vision guide puts the image before the text
+            message["content"].sort(key=lambda b: b["type"] != "image")
     params: dict[str, Any] = {
         "model": body.get("model"),
         "max_tokens": body.get("max_tokens") or body.get("max_completion_tokens") or 1024,
         "messages": messages,
     }
-    if system:
-        params["system"] = "\n\n".join(system)
+    if system and mark:
+        params["system"] = [{"type": "text", "text": system_text, "cache_control": dict(mark)}]
+    elif system:
+        params["system"] = system_text
     return params
+
+
+def _cache_mark(model: Any, ttl: str | None, *repeating: str) -> dict[str, str] | None:
+    """The ``cache_control`` for the repeating blocks, or None when caching is off, unknown
+    for the model, or the prefix is under its minimum."""
+    if not ttl:
+        return None
+    rule = caching.rule_for(models.spec_for(str(model or "")))
+    if rule is None or not rule.marked:
+        return None
+    if sum(image_sizes.text_tokens(t) for t in repeating if t) < rule.minimum:
+        return None
+    return {"type": "ephemeral", "ttl": ttl}
 
 
 def _unwrap(answer: Any) -> dict:
@@ -107,13 +145,24 @@ def _unwrap(answer: Any) -> dict:
 class AnthropicBatches:
     protocol = "anthropic"
 
-    def __init__(self, http: BatchHttp, api_base: str, native: bool = False):
+    def __init__(
+        self,
+        http: BatchHttp,
+        api_base: str,
+        native: bool = False,
+        cache_ttl: str | None = "1h",
+        text_repeats: bool = False,
+    ):
         self.http = http
         self.base = api_base.rstrip("/")
         self.native = native
+        # a batch's requests run far apart: Anthropic advises the 1-hour TTL for batches
+        self.cache_ttl = cache_ttl
+        self.text_repeats = text_repeats
 
     def line(self, custom_id: str, body: dict, first: bool = True) -> bytes:
-        item = {"custom_id": custom_id, "params": to_params(body)}
+        params = to_params(body, self.cache_ttl, self.text_repeats)
+        item = {"custom_id": custom_id, "params": params}
         text = json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()
         # the lines are the items of one JSON list: every line but a batch's first starts with
         # the comma that separates it from the one before
@@ -252,6 +301,12 @@ def as_completion(message: dict) -> dict:
     usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
     prompt = api_responses.count(usage.get("input_tokens"))
     done = api_responses.count(usage.get("output_tokens"))
+    # Anthropic counts the prompt's cached reads and cache writes apart from input_tokens; the
+    # row's prompt_tokens is the whole prompt, its cache columns the parts of it
+    read = api_responses.count(usage.get("cache_read_input_tokens")) or 0
+    written = api_responses.count(usage.get("cache_creation_input_tokens")) or 0
+    if prompt is not None:
+        prompt += read + written
     return {
         "id": message.get("id"),
         "model": message.get("model"),
@@ -260,5 +315,7 @@ def as_completion(message: dict) -> dict:
             "prompt_tokens": prompt,
             "completion_tokens": done,
             "total_tokens": None if prompt is None or done is None else prompt + done,
+            "cache_read_input_tokens": read,
+            "cache_creation_input_tokens": written,
         },
     }

@@ -40,6 +40,7 @@ import requests
 from transforms.core.images import sizes as tokens
 from transforms.core.offline import analyzer as image_analyzer
 from transforms.core.offline import batches as local_batches
+from transforms.core.offline.prompt_cache import PromptCache
 from transforms.core.question import models
 from transforms.core.question import output_schema as structured
 
@@ -293,7 +294,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if endpoint.latency:
                 time.sleep(endpoint.latency)
             try:
-                answer = endpoint.answer(body)
+                answer = endpoint.prompt_cache.apply(body, endpoint.answer(body))
             except BadRequest as exc:
                 self._error(exc.status, str(exc))
                 return
@@ -352,9 +353,13 @@ class ChatEndpoint:
         batch_store: str | None = None,
     ):
         self.answer = answer
+        self.prompt_cache = PromptCache()  # OpenAI's automatic prefix caching, in the usage
         # OpenAI's Files and Batches endpoints; batches end batch_delay seconds after creation
         self.batches = local_batches.LocalBatches(
-            lambda body: self.answer(body), batch_delay, batch_store, BadRequest
+            lambda body: self.prompt_cache.apply(body, self.answer(body)),
+            batch_delay,
+            batch_store,
+            BadRequest,
         )
         self.latency = latency
         self.fault = fault

@@ -30,7 +30,7 @@ from transforms.core.describe_config import (
 from transforms.core.images import loader as images
 from transforms.core.images import sources
 from transforms.core.online.prepare_ahead import PrepareAhead, Staged
-from transforms.core.question import pricing, prompts
+from transforms.core.question import prompts
 from transforms.core.question.answers import AnswerError
 from transforms.core.row_builders import (
     answer_columns,
@@ -335,11 +335,7 @@ class Worker:
                 c = result.completion
                 out.prompt_tokens += c.prompt_tokens or 0
                 out.completion_tokens += c.completion_tokens or 0
-                out.cost += pricing.cost(
-                    self.prices,
-                    estimate if c.prompt_tokens is None else c.prompt_tokens,
-                    0 if c.completion_tokens is None else c.completion_tokens,
-                )
+                out.cost += self.asker.answer_cost(c, estimate)
                 try:
                     columns = self._parse(c.content)
                 except AnswerError as exc:

@@ -62,6 +62,8 @@ _TOTAL_COLUMNS = (
     "billed",
     "prompt_tokens",
     "completion_tokens",
+    "cached_prompt_tokens",
+    "cache_write_tokens",
     "attempts",
 )
 _FAILURE_COLUMNS = ("stage", "error_type", "error", "image_id", "attempts")
@@ -74,6 +76,8 @@ class ModelUsage:
     billed_rows: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens, written to it
 
 
 @dataclasses.dataclass
@@ -241,6 +245,8 @@ def _add_totals(totals: Totals, pf: pq.ParquetFile) -> None:
                 "billed": pc.cast(billed, pa.int64()),
                 "prompt": _billed_int(table, "prompt_tokens", billed, n),
                 "completion": _billed_int(table, "completion_tokens", billed, n),
+                "cached": _billed_int(table, "cached_prompt_tokens", billed, n),
+                "written": _billed_int(table, "cache_write_tokens", billed, n),
                 "attempts": _billed_int(table, "attempts", billed, n),
             }
         )
@@ -250,6 +256,8 @@ def _add_totals(totals: Totals, pf: pq.ParquetFile) -> None:
                 ("billed", "sum"),
                 ("prompt", "sum"),
                 ("completion", "sum"),
+                ("cached", "sum"),
+                ("written", "sum"),
                 ("attempts", "sum"),
             ]
         )
@@ -259,6 +267,8 @@ def _add_totals(totals: Totals, pf: pq.ParquetFile) -> None:
             usage.billed_rows += row["billed_sum"] or 0
             usage.prompt_tokens += row["prompt_sum"] or 0
             usage.completion_tokens += row["completion_sum"] or 0
+            usage.cached_tokens += row["cached_sum"] or 0
+            usage.cache_write_tokens += row["written_sum"] or 0
             totals.requests += row["attempts_sum"] or 0
         if "model" in columns:
             counts = pc.value_counts(table["model"]).to_pylist()
@@ -272,6 +282,16 @@ def _add_totals(totals: Totals, pf: pq.ParquetFile) -> None:
             for key in pc.unique(table["request_key"]).to_pylist():
                 if key and len(totals.keys) <= MAX_DISTINCT:
                     totals.keys.add(key)
+
+
+def _cache_sums(names: list[str]) -> str:
+    """The cache columns' sums, for a table that has them (one written before they were added
+    has not)."""
+    out = ""
+    for column, alias in (("cached_prompt_tokens", "cached"), ("cache_write_tokens", "written")):
+        if column in names:
+            out += f"SUM(IF(billed, IFNULL({column}, 0), 0)) AS {alias}, "
+    return out
 
 
 def _billed_int(table: pa.Table, name: str, billed, n: int):
@@ -361,6 +381,7 @@ def bigquery_run(
         "SELECT requested_model, COUNT(*) AS n, COUNTIF(billed) AS billed_rows, "
         "SUM(IF(billed, IFNULL(prompt_tokens, 0), 0)) AS prompt, "
         "SUM(IF(billed, IFNULL(completion_tokens, 0), 0)) AS completion, "
+        f"{_cache_sums(names)}"
         f"SUM(IF(billed, attempts, 0)) AS attempts FROM `{described}` GROUP BY requested_model"
     ):
         usage = totals.by_model.setdefault(row["requested_model"] or "", ModelUsage())
@@ -368,6 +389,8 @@ def bigquery_run(
         usage.billed_rows += row["billed_rows"] or 0
         usage.prompt_tokens += row["prompt"] or 0
         usage.completion_tokens += row["completion"] or 0
+        usage.cached_tokens += row.get("cached") or 0
+        usage.cache_write_tokens += row.get("written") or 0
         totals.requests += row["attempts"] or 0
         totals.described += row["n"]
     for row in query(

@@ -36,7 +36,7 @@ from typing import Any
 from transforms.core.guards import sanitize
 from transforms.core.images import loader as images
 from transforms.core.images import sources as image_sources
-from transforms.core.question import models, pricing
+from transforms.core.question import caching, models, pricing
 from transforms.core.review.data import MAX_DISTINCT, FailureGroup, RunData
 
 THUMB_SIDE = 256
@@ -188,7 +188,15 @@ def row_cost(row: Mapping[str, Any], question: Question) -> float:
     if row.get("billed") is False:
         return 0.0
     prices = _prices(question, row.get("requested_model"))
-    return pricing.cost(prices, row.get("prompt_tokens") or 0, row.get("completion_tokens") or 0)
+    return caching.cached_cost(
+        prices,
+        caching.rule_for(models.spec_for(row.get("requested_model") or "")),
+        row.get("prompt_tokens") or 0,
+        row.get("completion_tokens") or 0,
+        row.get("cached_prompt_tokens") or 0,
+        row.get("cache_write_tokens") or 0,
+        "1h" if question.mode == "batch" else "5m",
+    )
 
 
 def render(
@@ -224,7 +232,15 @@ def _header(run: RunData, question: Question, sample: int, seed: int, generated:
     price_lines = []
     for model, usage in sorted(t.by_model.items()):
         prices = _prices(question, model)
-        cost += pricing.cost(prices, usage.prompt_tokens, usage.completion_tokens)
+        cost += caching.cached_cost(
+            prices,
+            caching.rule_for(models.spec_for(model)),
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_tokens,
+            usage.cache_write_tokens,
+            "1h" if question.mode == "batch" else "5m",
+        )
         known = prices != (0.0, 0.0)
         price_lines.append(
             f"{esc(model)}: {esc(_price_kind(question, model))} ${prices[0]:g} / "

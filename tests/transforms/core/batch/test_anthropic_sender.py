@@ -63,3 +63,56 @@ def test_anthropic_line_failures(tmp_path):
         _, outcomes = run_batch(sender, path, ids, [])
     kinds = {o.custom_id: o.error_type for o in outcomes}
     assert kinds == {ids[0]: "batch_line_error", ids[1]: None, ids[2]: "batch_expired"}
+
+
+LONG = " ".join(f"Rule {i}: name every colour, object and word." for i in range(200))
+
+
+def test_a_long_repeating_prefix_carries_cache_control_and_goes_before_the_image():
+    body = body_for(1, "claude-3-5-sonnet-20240620", system=LONG)
+    params = to_params(body, cache_ttl="1h")
+    assert params["system"] == [
+        {"type": "text", "text": LONG, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    ]
+    image, text = params["messages"][0]["content"]  # the prompt may differ by row: image first
+    assert image["type"] == "image" and "cache_control" not in text
+    # a prompt the same for every row repeats too: it goes first, and the mark is on it
+    repeats = to_params(body, cache_ttl="1h", text_repeats=True)
+    text, image = repeats["messages"][0]["content"]
+    assert text["cache_control"] == {"type": "ephemeral", "ttl": "1h"} and image["type"] == "image"
+
+
+@pytest.mark.parametrize(
+    "model,system,ttl",
+    [
+        ("claude-3-5-sonnet-20240620", "Be brief.", "1h"),  # under Sonnet's 1,024 tokens
+        ("claude-3-haiku-20240307", LONG[: len(LONG) // 2], "1h"),  # under Haiku's 2,048
+        ("claude-3-5-sonnet-20240620", LONG, None),  # caching off
+        ("gpt-4o", LONG, "1h"),  # OpenAI caches without marks
+    ],
+)
+def test_no_cache_control_where_it_would_not_apply(model, system, ttl):
+    params = to_params(body_for(1, model, system=system), cache_ttl=ttl)
+    assert params["system"] == system
+    assert "cache_control" not in json.dumps(params)
+    assert params["messages"][0]["content"][0]["type"] == "image"
+
+
+def test_cached_reads_and_writes_are_part_of_the_whole_prompt():
+    from transforms.core.api import responses
+    from transforms.core.batch.anthropic_sender import as_completion
+
+    message = {
+        "id": "msg_1",
+        "model": "claude-3-5-sonnet-20240620",
+        "content": [{"type": "text", "text": "A cat."}],
+        "stop_reason": "end_turn",
+        "usage": {
+            "input_tokens": 300,
+            "output_tokens": 10,
+            "cache_read_input_tokens": 1500,
+            "cache_creation_input_tokens": 0,
+        },
+    }
+    c = responses.parse_completion(as_completion(message))
+    assert (c.prompt_tokens, c.cached_tokens, c.cache_write_tokens) == (1800, 1500, 0)
