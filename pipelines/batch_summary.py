@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pipelines.describe_options import DescribeImagesOptions
 from pipelines.describe_setup import derived
+from pipelines.summary import usd
 from transforms.core.batch.manifest import Manifest
 from transforms.core.question import models, pricing
 
@@ -26,7 +27,7 @@ def format_batch_summary(totals: dict[str, float], opts: DescribeImagesOptions) 
     records = Manifest(opts.batch_state).load() if opts.batch_state else []
     ended = sum(1 for r in records if r.ended)
     lines = [
-        f"  batch cost  ${batch:.4f} through the batch API beside ${online:.4f} online "
+        f"  batch cost  {usd(batch)} through the batch API beside {usd(online)} online "
         f"({price_note})",
         f"  batches     {int(totals.get('batches_submitted', 0))} submitted by this run, "
         f"{int(totals.get('batch_lines_resumed', 0))} requests found already submitted; "

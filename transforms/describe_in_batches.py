@@ -99,7 +99,7 @@ class DescribeInBatchesFn(beam.DoFn):
         finally:
             for name, value in shard.counts.items():
                 if name in self._counters and value:
-                    self._counters[name].inc(int(value))
+                    self._counters[name].inc(round(value))  # costs are summed unrounded
             self._requests.inc(shard.http.calls - calls)
 
     def _emit(self, tag, row):

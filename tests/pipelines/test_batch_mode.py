@@ -5,6 +5,7 @@ the fake batch API with each fault, killed and resumed, submit-then-collect, and
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pipelines import describe_images as job
 from pipelines.summary import every_row_failed
 from tests.pipelines.conftest import KEY, read_output, write_input
 from tests.support.fake_batch_api import FakeBatchApi
+from transforms.core.question import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAST = ["--mode", "batch", "--batch_poll_interval", "0.05", "--retry_backoff", "0.01"]
@@ -360,3 +362,39 @@ def test_killed_mid_wave_the_rerun_sends_only_what_never_ran(tmp_path, run_job):
         job.run(argv)
         assert (api.uploads, api.creates) == (3, 3)
     exactly_once(out, SIX)
+
+
+def test_anthropic_batch_lines_cache_their_long_prefix_and_the_batch_bill_stacks(
+    tmp_path, run_job, capsys
+):
+    """A long system prompt repeats in every line: it carries cache_control (1-hour TTL), the
+    first line writes the cache and the rest read it (the fake API plays Anthropic's cache per
+    batch), the rows say so, and the batch cost prices writes at 2x and reads at 0.1x of the
+    batch input price (so a cached read in a batch is 0.05x of the list price)."""
+    source, _ = write_input(tmp_path, 5)
+    out = str(tmp_path / "out")
+    system = " ".join(f"Rule {i}: name every colour, object and word." for i in range(200))
+    claude = ["--model", "claude-3-5-sonnet-20240620", "--batch_protocol", "anthropic"]
+    with FakeBatchApi() as api:
+        run_job(api, source, out, *FAST, *claude, "--system_prompt", system)
+    described = list(exactly_once(out, [f"row-{i}" for i in range(5)])[0].values())
+    writes = sorted(r["cache_write_tokens"] or 0 for r in described)
+    reads = sorted(r["cached_prompt_tokens"] or 0 for r in described)
+    assert writes[:4] == [0] * 4 and writes[4] >= 1024  # one write
+    assert reads[0] == 0 and all(r == writes[4] for r in reads[1:])  # four reads of it
+    assert all(r["prompt_tokens"] == 120 + writes[4] for r in described)
+    spec = models.spec_for("claude-3-5-sonnet-20240620")
+    base_in, base_out = spec.input_price / 2, spec.output_price / 2  # the batch discount
+    bill = (
+        sum(
+            120 * base_in
+            + (r["cache_write_tokens"] or 0) * base_in * 2.0
+            + (r["cached_prompt_tokens"] or 0) * base_in * 0.1
+            + r["completion_tokens"] * base_out
+            for r in described
+        )
+        / 1e6
+    )
+    summary = capsys.readouterr().out
+    found = re.search(r"batch cost  \$([0-9.]+) through the batch API", summary)
+    assert found and float(found.group(1)) == pytest.approx(bill, rel=0.01), summary

@@ -35,6 +35,7 @@ import uuid
 
 from tests.support.fake_api import sha_answer
 from tests.support.openapi import validator
+from transforms.core.images.sizes import text_tokens
 from transforms.core.offline.batches import LocalBatches
 
 
@@ -137,7 +138,26 @@ def _line(cid, status, body):
     }
 
 
-def _anthropic_answer(params: dict) -> dict:
+def _marked_prefix(params: dict) -> tuple[int, str]:
+    """(tokens, identity) of the blocks up to the last ``cache_control`` mark (system, then the
+    messages' blocks): what Anthropic caches; (0, "") when nothing is marked."""
+    blocks = params.get("system") if isinstance(params.get("system"), list) else []
+    blocks = list(blocks) + list(params["messages"][0]["content"])
+    marked = [i for i, b in enumerate(blocks) if b.get("cache_control")]
+    if not marked:
+        return 0, ""
+    prefix = blocks[: marked[-1] + 1]
+    return sum(text_tokens(b.get("text") or "") for b in prefix), json.dumps(prefix)
+
+
+def _anthropic_answer(params: dict, seen: set | None = None) -> dict:
+    """Anthropic's message for ``params``; with ``seen`` (the prefixes this batch wrote so
+    far) a marked prefix is a cache write the first time, a cached read after."""
+    usage = {"input_tokens": 120, "output_tokens": 20}
+    prefix, key = _marked_prefix(params)
+    if prefix and seen is not None:
+        usage["cache_read_input_tokens" if key in seen else "cache_creation_input_tokens"] = prefix
+        seen.add(key)
     data = b""
     for block in params["messages"][0]["content"]:
         if block.get("type") == "image":
@@ -149,7 +169,7 @@ def _anthropic_answer(params: dict) -> dict:
         "model": params["model"],
         "content": [{"type": "text", "text": f"sha256:{hashlib.sha256(data).hexdigest()}"}],
         "stop_reason": "end_turn",
-        "usage": {"input_tokens": 120, "output_tokens": 20},
+        "usage": usage,
     }
 
 
@@ -227,6 +247,7 @@ class FakeBatchApi:
 
     def anthropic_results(self, batch_id: str) -> bytes:
         out = []
+        seen: set = set()
         for i, item in enumerate(self.anthropic[batch_id]["requests"]):
             if self.drop and i >= len(self.anthropic[batch_id]["requests"]) - self.drop:
                 continue
@@ -244,7 +265,7 @@ class FakeBatchApi:
                     },
                 }
             else:
-                result = {"type": "succeeded", "message": _anthropic_answer(item["params"])}
+                result = {"type": "succeeded", "message": _anthropic_answer(item["params"], seen)}
             out.append({"custom_id": item["custom_id"], "result": result})
         return b"".join(json.dumps(x).encode() + b"\n" for x in out)
 

@@ -96,9 +96,12 @@ class _Group:
     done: bool = False
 
 
-def make_sender(bcfg: BatchConfig, http: BatchHttp, api_base: str):
+def make_sender(bcfg: BatchConfig, http: BatchHttp, api_base: str, text_repeats: bool = False):
     if bcfg.protocol == "anthropic":
-        return AnthropicBatches(http, api_base, native=bcfg.anthropic_native)
+        # a prompt without a template is the same for every row: it is part of the cached prefix
+        return AnthropicBatches(
+            http, api_base, native=bcfg.anthropic_native, text_repeats=text_repeats
+        )
     return OpenAIBatches(http, api_base)
 
 
@@ -124,7 +127,9 @@ class BatchShard:
             retry=cfg.retry,
             sleep=sleep,
         )
-        self.sender = make_sender(bcfg, self.http, cfg.api_base)
+        self.sender = make_sender(
+            bcfg, self.http, cfg.api_base, text_repeats=not cfg.prompt_template
+        )
         self.manifest = Manifest(bcfg.state)
         self.asker = parts.asker
         self.spec = parts.spec
@@ -266,7 +271,7 @@ class BatchShard:
         else:
             group.new = True
             self.counts["estimated_prompt_tokens"] += estimate
-            self.counts["estimated_cost_microdollars"] += round(estimated_cost * 1e6)
+            self.counts["estimated_cost_microdollars"] += estimated_cost * 1e6
         if full is not None:
             yield from self._submit(full, groups, records, mine)
 
@@ -470,15 +475,13 @@ class BatchShard:
             )
             return
         c = outcome.completion
-        prompt_t = group.estimate if c.prompt_tokens is None else c.prompt_tokens
         done_t = c.completion_tokens or 0
         self.counts["prompt_tokens"] += c.prompt_tokens or 0
         self.counts["completion_tokens"] += done_t
-        self.counts["cost_microdollars"] += round(
-            pricing.cost(self.asker.prices, prompt_t, done_t) * 1e6
-        )
-        self.counts["batch_cost_microdollars"] += round(
-            pricing.cost(self.batch_prices, prompt_t, done_t) * 1e6
+        # in millionths of a dollar, unrounded: the DoFn rounds the run's sum once
+        self.counts["cost_microdollars"] += self.asker.answer_cost(c, group.estimate) * 1e6
+        self.counts["batch_cost_microdollars"] += (
+            self.asker.answer_cost(c, group.estimate, self.batch_prices, ttl="1h") * 1e6
         )
         try:
             extra = self.asker.parse(c.content)
