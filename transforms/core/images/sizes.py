@@ -8,11 +8,15 @@ sees (never an upscale), per family, from the providers' documentation
 (``../shared/reference/vision-models.md``):
 
 - OpenAI ``detail`` high/auto: fitted into 2048x2048, then the short side scaled to 768;
-  ``low``: one 512x512 view (the token price is flat, 85).
+  ``low``: one 512x512 view (the token price is flat, the spec's tile base). The patch models
+  (a spec with a ``patch_multiplier``): the image scaled down until 32-px patches covering it
+  number at most 1,536 (OpenAI's published steps, whole pixels here); ``low``: fitted into
+  512x512 first (an estimate: OpenAI documents no ``low`` for them).
 - Anthropic: the long edge at most 1568 px and at most ~1.15 megapixels (Anthropic's "about
   1,600 tokens"); tokens are w x h / 750 of that view.
 - Gemini: fitted into 3072x3072, then tiled at 768x768 (258 tokens a tile, one tile up to
-  384x384): every pixel of the fitted image is used.
+  384x384): every pixel of the fitted image is used. With a media resolution (Gemini 2.5 and
+  3) the count per image is flat whatever the size.
 - Llama 3.2 Vision: the canvas of at most 4 tiles of 560x560 that Meta's preprocessing picks
   (``get_optimal_tiled_canvas``: the smallest upscale, else the largest downscale, ties to the
   smaller canvas); the image is fitted into it; ~1601 tokens a tile.
@@ -30,7 +34,7 @@ import math
 
 OPENAI_FIT, OPENAI_SHORT, OPENAI_LOW = 2048, 768, 512
 OPENAI_BASE, OPENAI_TILE, OPENAI_TILE_SIDE = 85, 170, 512
-MINI_BASE, MINI_TILE = 2833, 5667  # gpt-4o-mini's published figures
+PATCH_SIDE, MAX_PATCHES = 32, 1536
 ANTHROPIC_LONG_EDGE, ANTHROPIC_MAX_PIXELS, ANTHROPIC_PIXELS_PER_TOKEN = 1568, 1_150_000, 750
 GEMINI_FIT, GEMINI_SMALL_SIDE, GEMINI_TILE_SIDE, GEMINI_TILE_TOKENS = 3072, 384, 768, 258
 LLAMA_TILE_SIDE, LLAMA_MAX_TILES, LLAMA_TILE_TOKENS = 560, 4, 1601
@@ -67,6 +71,37 @@ def openai_view(width: int, height: int, detail: str = "auto") -> tuple[int, int
 def openai_tiles(width: int, height: int) -> int:
     w, h = openai_view(width, height)
     return math.ceil(w / OPENAI_TILE_SIDE) * math.ceil(h / OPENAI_TILE_SIDE)
+
+
+def patches(width: int, height: int) -> int:
+    """32-px patches covering the image (a patch may run past its edge)."""
+    return math.ceil(width / PATCH_SIDE) * math.ceil(height / PATCH_SIDE)
+
+
+def patch_view(width: int, height: int, detail: str = "auto") -> tuple[int, int]:
+    """The size OpenAI's patch models see: scaled by r = sqrt(32^2 * 1536 / (w * h)), then r
+    shrunk so a whole number of patches fits the binding side, in whole pixels (never larger
+    than the image), so that at most 1,536 patches cover it."""
+    width, height = max(1, int(width)), max(1, int(height))
+    if detail == "low":
+        width, height = fit(width, height, OPENAI_LOW, OPENAI_LOW)
+    if patches(width, height) <= MAX_PATCHES:
+        return width, height
+    r = min(1.0, math.sqrt(PATCH_SIDE * PATCH_SIDE * MAX_PATCHES / (width * height)))
+    shrink = [
+        math.floor(side * r / PATCH_SIDE) / (side * r / PATCH_SIDE)
+        for side in (width, height)
+        if side * r >= PATCH_SIDE
+    ]
+    r *= min(shrink) if shrink else 1.0
+    w = min(width, max(1, math.floor(width * r)))
+    h = min(height, max(1, math.floor(height * r)))
+    while patches(w, h) > MAX_PATCHES:  # float rounding, or a strip thinner than a patch
+        if w >= h:
+            w -= 1
+        else:
+            h -= 1
+    return w, h
 
 
 def anthropic_view(width: int, height: int) -> tuple[int, int]:
@@ -133,6 +168,8 @@ def model_view(spec, width: int, height: int, detail: str = "auto") -> tuple[int
     if spec.family == "meta":
         return llama_view(width, height)
     if spec.family == "openai" and spec.known:
+        if spec.patch_multiplier:
+            return patch_view(width, height, detail)
         return openai_view(width, height, detail)
     return fit(width, height, spec.max_image_side, spec.max_image_side)
 
@@ -146,6 +183,9 @@ def image_tokens(spec, width: int, height: int, detail: str = "auto") -> int:
         w, h = anthropic_view(width, height)
         return math.ceil(w * h / ANTHROPIC_PIXELS_PER_TOKEN)
     if spec.family == "google":
+        flat = dict(spec.resolution_tokens).get(detail)
+        if flat:
+            return flat
         w, h = fit(width, height, GEMINI_FIT, GEMINI_FIT)
         if w <= GEMINI_SMALL_SIDE and h <= GEMINI_SMALL_SIDE:
             return GEMINI_TILE_TOKENS
@@ -154,11 +194,12 @@ def image_tokens(spec, width: int, height: int, detail: str = "auto") -> int:
     if spec.family == "meta":
         cols, rows = llama_canvas(width, height)
         return cols * rows * LLAMA_TILE_TOKENS
-    mini = spec.family == "openai" and spec.id.startswith("gpt-4o-mini")
+    if spec.family == "openai" and spec.known and spec.patch_multiplier:
+        return math.ceil(patches(*patch_view(width, height, detail)) * spec.patch_multiplier)
+    base, per_tile = spec.tiles
     if detail == "low":
-        return MINI_BASE if mini else OPENAI_BASE
-    tiles = openai_tiles(width, height)
-    return (MINI_BASE + MINI_TILE * tiles) if mini else (OPENAI_BASE + OPENAI_TILE * tiles)
+        return base
+    return base + per_tile * openai_tiles(width, height)
 
 
 def sent_size(

@@ -1,9 +1,10 @@
-"""The catalogue of vision chat models the job serves, and what each one needs. No Beam import.
+"""What each vision chat model needs, looked up in the catalogue (``question.catalogue``), and one
+image's request shaped for it. No Beam import.
 
-Every model id of ``../shared/reference/vision-models.md`` has a ``ModelSpec`` here: which
-request fields its provider accepts behind the OpenAI-compatible ``chat/completions`` endpoint
-(``image_url.detail``, ``response_format``, a system message next to an image, the name of the
-token limit), what images it takes (bytes, longest useful side, MIME types) and its list prices.
+A ``ModelSpec`` says which request fields its provider accepts behind the OpenAI-compatible
+``chat/completions`` endpoint (``image_url.detail``, ``response_format``, a system message next
+to an image, the name of the token limit, ``reasoning_effort``, the flex tier), what images it
+takes (bytes, longest useful side, MIME types), how it counts image tokens and its list prices.
 ``build_request`` shapes one image's request body from a spec; ``image_tokens`` and
 ``estimate_tokens`` estimate a request's tokens before it is sent; ``question.pricing`` turns
 tokens into USD.
@@ -20,185 +21,35 @@ OpenAI-like defaults with ``known=False`` (it does not log: the caller decides h
 
 from __future__ import annotations
 
-import dataclasses
-import types
-from collections.abc import Mapping
 from typing import Any
 
 from transforms.core.images import sizes as image_sizes
-
-FAMILIES = ("openai", "anthropic", "google", "meta", "minimax")
-RESPONSE_FORMATS = ("json_schema", "json_object", None)
-TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
-
-_MIB = 1024 * 1024
-_COMMON_MIMES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
-_NO_GIF_MIMES = frozenset({"image/jpeg", "image/png", "image/webp"})
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """What one model accepts and costs. See the catalogue below for the source of each value."""
-
-    id: str
-    family: str  # one of FAMILIES
-    detail: bool  # accepts image_url.detail
-    # "json_schema" (Structured Outputs), "json_object" (JSON mode) or None (prompt instructions)
-    response_format: str | None
-    system_messages: bool  # False: system text is folded into the user text
-    max_images: int  # images per request accepted
-    token_field: str  # "max_tokens" or "max_completion_tokens"
-    max_image_bytes: int  # per image, raw bytes before base64
-    max_image_side: int  # longest side worth sending (the provider scales larger ones down)
-    image_mimes: frozenset[str]  # accepted MIME types
-    input_price: float  # USD per 1M input tokens (list-price estimate)
-    output_price: float  # USD per 1M output tokens
-    moderation: bool = False  # Llama Guard: answers "safe" / "unsafe\nS1,S2"
-    known: bool = True  # False for ids not in the catalogue
-
-
-# -- OpenAI ----------------------------------------------------------------------------------
-# Source: OpenAI's vision and Structured Outputs guides and its price page (late 2024).
-# detail low/high/auto; Structured Outputs (response_format json_schema) from gpt-4o-2024-08-06
-# and gpt-4o-mini-2024-07-18 (and the aliases pointing at them); the older snapshots and
-# chatgpt-4o-latest take JSON mode only. Up to 20 MB per image; sizes above 2048 are fitted into
-# 2048x2048 by the API. Up to 10 images a request is this job's cautious bound, not OpenAI's.
-def _openai(model_id: str, response_format: str | None, price_in: float, price_out: float):
-    return ModelSpec(
-        id=model_id,
-        family="openai",
-        detail=True,
-        response_format=response_format,
-        system_messages=True,
-        max_images=10,
-        token_field="max_tokens",
-        max_image_bytes=20 * _MIB,
-        max_image_side=2048,
-        image_mimes=_COMMON_MIMES,
-        input_price=price_in,
-        output_price=price_out,
-    )
-
-
-# -- Anthropic -------------------------------------------------------------------------------
-# Source: Anthropic's vision guide. No detail knob and no JSON mode (instructions in the prompt);
-# a system prompt is fine; up to 20 images a request; images with a long edge over 1568 px are
-# scaled down by the API. The 5 MB limit is checked on the *base64* data on several platforms
-# (see vision-models.md), so the raw-byte limit here is 3/4 of 5 MiB. Check before relying.
-def _anthropic(model_id: str, price_in: float, price_out: float):
-    return ModelSpec(
-        id=model_id,
-        family="anthropic",
-        detail=False,
-        response_format=None,
-        system_messages=True,
-        max_images=20,
-        token_field="max_tokens",
-        max_image_bytes=5 * _MIB * 3 // 4,
-        max_image_side=1568,
-        image_mimes=_COMMON_MIMES,
-        input_price=price_in,
-        output_price=price_out,
-    )
-
-
-# -- Google ----------------------------------------------------------------------------------
-# Source: Gemini's vision and structured-output docs. response_schema maps onto OpenAI-style
-# json_schema on OpenAI-compatible gateways (check before relying on strict mode); no detail;
-# system instructions are fine; 16 images a request is our bound. Inline data must fit in a 20 MB
-# request, base64 included, so the raw-byte limit is 3/4 of 20 MiB (the prompt counts too).
-# Larger images are scaled to fit 3072x3072. JPEG/PNG/WEBP (HEIC/HEIF too, not GIF).
-def _google(model_id: str, price_in: float, price_out: float):
-    return ModelSpec(
-        id=model_id,
-        family="google",
-        detail=False,
-        response_format="json_schema",
-        system_messages=True,
-        max_images=16,
-        token_field="max_tokens",
-        max_image_bytes=20 * _MIB * 3 // 4,
-        max_image_side=3072,
-        image_mimes=_NO_GIF_MIMES,
-        input_price=price_in,
-        output_price=price_out,
-    )
-
-
-# -- Meta ------------------------------------------------------------------------------------
-# Source: the Llama 3.2 Vision model card and prompt format (served by Together-style hosts).
-# The prompt format does not take a system prompt together with an image, so system text is
-# folded into the user turn; one image a request; no detail and no JSON mode. The image is fitted
-# into a canvas of at most 4 tiles of 560x560 (2x2, or 4x1 for a long strip), so 2240 px is the
-# longest side worth sending; ``images.sizes.llama_view`` picks the canvas as Meta does.
-# 10 MB per image is the hosts' usual bound: check before relying. Llama Guard 3 Vision is a
-# classifier: it answers "safe" or "unsafe" and category codes, and is never sent a system
-# message or a response_format.
-def _meta(model_id: str, price_in: float, price_out: float, moderation: bool = False):
-    return ModelSpec(
-        id=model_id,
-        family="meta",
-        detail=False,
-        response_format=None,
-        system_messages=False,
-        max_images=1,
-        token_field="max_tokens",
-        max_image_bytes=10 * _MIB,
-        max_image_side=2240,
-        image_mimes=_COMMON_MIMES,
-        input_price=price_in,
-        output_price=price_out,
-        moderation=moderation,
-    )
-
-
-# -- MiniMax ---------------------------------------------------------------------------------
-# Source: MiniMax's chat completion docs (OpenAI-compatible). One image a request, no detail, no
-# JSON mode through the compatible endpoint; system messages are fine. 10 MB and 2048 px are
-# cautious bounds and the prices are rough (abab6.5s-chat especially): check before relying.
-def _minimax(model_id: str, price_in: float, price_out: float):
-    return ModelSpec(
-        id=model_id,
-        family="minimax",
-        detail=False,
-        response_format=None,
-        system_messages=True,
-        max_images=1,
-        token_field="max_tokens",
-        max_image_bytes=10 * _MIB,
-        max_image_side=2048,
-        image_mimes=_NO_GIF_MIMES,
-        input_price=price_in,
-        output_price=price_out,
-    )
-
-
-_SPECS = (
-    _openai("chatgpt-4o-latest", "json_object", 5.00, 15.00),
-    _openai("gpt-4-turbo", "json_object", 10.00, 30.00),
-    _openai("gpt-4-turbo-2024-04-09", "json_object", 10.00, 30.00),
-    _openai("gpt-4o", "json_schema", 2.50, 10.00),
-    _openai("gpt-4o-2024-05-13", "json_object", 5.00, 15.00),
-    _openai("gpt-4o-2024-08-06", "json_schema", 2.50, 10.00),
-    _openai("gpt-4o-mini", "json_schema", 0.15, 0.60),
-    _openai("gpt-4o-mini-2024-07-18", "json_schema", 0.15, 0.60),
-    _anthropic("claude-3-5-sonnet-20240620", 3.00, 15.00),
-    _anthropic("claude-3-5-sonnet-20241022", 3.00, 15.00),
-    _anthropic("claude-3-haiku-20240307", 0.25, 1.25),
-    _anthropic("claude-3-opus-20240229", 15.00, 75.00),
-    _anthropic("claude-3-sonnet-20240229", 3.00, 15.00),
-    _google("gemini-1.5-flash", 0.075, 0.30),
-    _google("gemini-1.5-pro", 1.25, 5.00),
-    _google("gemini-2.0-flash-exp", 0.10, 0.40),
-    _meta("meta-llama/Llama-3.2-11B-Vision-Instruct-Turbo", 0.18, 0.18),
-    _meta("meta-llama/Llama-3.2-90B-Vision-Instruct-Turbo", 1.20, 1.20),
-    _meta("meta-llama/Llama-Vision-Free", 0.0, 0.0),
-    _meta("meta-llama/Llama-Guard-3-11B-Vision-Turbo", 0.18, 0.18, moderation=True),
-    _minimax("MiniMax-Text-01", 0.20, 1.10),
-    _minimax("abab6.5s-chat", 0.10, 0.10),  # rough
+from transforms.core.question.catalogue import (
+    CATALOGUE,
+    DETAILS,
+    FAMILIES,
+    RESPONSE_FORMATS,
+    TOKEN_FIELDS,
+    ModelSpec,
+    unknown_spec,
 )
 
-CATALOGUE: Mapping[str, ModelSpec] = types.MappingProxyType({s.id: s for s in _SPECS})
+__all__ = [
+    "CATALOGUE",
+    "DETAILS",
+    "FAMILIES",
+    "RESPONSE_FORMATS",
+    "SERVICE_TIERS",
+    "TOKEN_FIELDS",
+    "ModelSpec",
+    "build_request",
+    "estimate_tokens",
+    "image_tokens",
+    "sent_size",
+    "spec_for",
+]
+
+SERVICE_TIERS = ("auto", "default", "flex")
 
 
 def spec_for(model_id: str) -> ModelSpec:
@@ -211,23 +62,7 @@ def spec_for(model_id: str) -> ModelSpec:
     estimated with OpenAI's tile formula. Does not log; the caller warns.
     """
     spec = CATALOGUE.get(model_id)
-    if spec is not None:
-        return spec
-    return ModelSpec(
-        id=model_id,
-        family="openai",
-        detail=True,
-        response_format=None,
-        system_messages=True,
-        max_images=10,
-        token_field="max_tokens",
-        max_image_bytes=20 * _MIB,
-        max_image_side=2048,
-        image_mimes=_COMMON_MIMES,
-        input_price=0.0,
-        output_price=0.0,
-        known=False,
-    )
+    return spec if spec is not None else unknown_spec(model_id)
 
 
 # -- token estimates -------------------------------------------------------------------------
@@ -236,13 +71,17 @@ def image_tokens(spec: ModelSpec, width: int, height: int, detail: str = "auto")
     provider scales it to (``images.sizes.model_view``), so the original and the image the job
     prepares cost the same.
 
-    - openai: OpenAI's tile formula (low 85, else 85 + 170 per 512-px tile after fitting
-      2048x2048 and scaling the short side to 768); gpt-4o-mini ids use the published mini
-      figures, 2833 + 5667 per tile (low: 2833).
+    - openai: the tile formula (low: the base, else base + per tile for each 512-px tile after
+      fitting 2048x2048 and scaling the short side to 768), with the spec's ``tiles`` (gpt-4o
+      85 + 170, gpt-4o-mini 2833 + 5667, o3 75 + 150, gpt-5 70 + 140); or, for the models with a
+      ``patch_multiplier`` (gpt-4.1-mini/nano, gpt-5-mini/nano, o4-mini), the 32-px patches of
+      the image scaled to at most 1,536, times the multiplier (low: an ESTIMATE, the patches of
+      the image fitted into 512x512).
     - anthropic: the long edge at most 1568 px and at most ~1.15 megapixels, then
       ceil(w * h / 750).
-    - google: 258 when both sides are at most 384 px, else 258 per 768x768 tile, after fitting
-      the image into 3072x3072 as Gemini does.
+    - google: with a media resolution asked for (or Gemini 3's default), its flat count per
+      image (``resolution_tokens``); else 258 when both sides are at most 384 px, else 258 per
+      768x768 tile, after fitting the image into 3072x3072 as Gemini 2.x does.
     - meta: an ESTIMATE to check against real usage blocks: Llama 3.2 Vision's canvas of at most
       4 tiles of 560x560 (Meta's choice of canvas), about 1601 tokens a tile.
     - minimax and ids outside the catalogue: OpenAI's tile formula, an estimate.
@@ -305,6 +144,8 @@ def build_request(
     json_schema: dict | None = None,
     schema_instructions: str | None = None,
     schema_name: str = "image_answer",
+    service_tier: str | None = None,
+    prompt_cache_key: str | None = None,
 ) -> dict[str, Any]:
     """The ``chat/completions`` body for one image, shaped by what ``spec`` accepts.
 
@@ -314,7 +155,10 @@ def build_request(
     where accepted, otherwise it is prepended to the user text (``"<system>\\n\\n<prompt>"``);
     moderation models never get a system message or a ``response_format``. With ``json_schema``:
     Structured Outputs (strict) where the model has them; JSON mode plus ``schema_instructions``
-    in the user text where it has only JSON mode; the instructions alone otherwise.
+    in the user text where it has only JSON mode; the instructions alone otherwise. A reasoning
+    model gets its ``reasoning_effort`` (the lowest it takes: its reasoning counts against the
+    token limit); ``service_tier`` goes in as given (``--service_tier``; None: not sent), and
+    ``prompt_cache_key`` for OpenAI-family models (ids outside the catalogue included).
     """
     system_in_message = bool(system_prompt) and spec.system_messages and not spec.moderation
     text = prompt
@@ -351,4 +195,10 @@ def build_request(
     body: dict[str, Any] = {"model": spec.id, "messages": messages, spec.token_field: max_tokens}
     if response_format is not None:
         body["response_format"] = response_format
+    if spec.reasoning_effort and not spec.moderation:
+        body["reasoning_effort"] = spec.reasoning_effort
+    if service_tier:
+        body["service_tier"] = service_tier
+    if prompt_cache_key and spec.family == "openai":
+        body["prompt_cache_key"] = prompt_cache_key
     return body

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import math
 import random
 
 import pytest
@@ -39,6 +40,17 @@ CASES = [
     ("meta-llama/Llama-Guard-3-11B-Vision-Turbo", "auto"),
     ("MiniMax-Text-01", "auto"),
     ("some-model-outside-the-catalogue", "auto"),
+    # the models users run now: OpenAI's 32-px patches, other tile figures, Gemini's media
+    # resolution
+    ("gpt-4.1-mini", "auto"),
+    ("o4-mini", "high"),
+    ("gpt-5-nano", "low"),
+    ("o3", "auto"),
+    ("gpt-5", "low"),
+    ("claude-sonnet-4-5-20250929", "auto"),
+    ("gemini-2.5-flash", "auto"),
+    ("gemini-2.5-pro", "low"),
+    ("gemini-3-pro-preview", "auto"),
 ]
 
 FIXED_SIZES = [
@@ -93,6 +105,11 @@ def test_the_prepared_size_costs_the_tokens_of_the_original(model_id, detail):
         sent = models.sent_size(spec, w, h, detail, spec.max_image_side)
         assert sent[0] <= w and sent[1] <= h, (w, h, sent)  # never upscaled
         before = models.image_tokens(spec, w, h, detail)
+        if max(image_sizes.model_view(spec, w, h, detail)) > spec.max_image_side:
+            # the patch models see a strip of at most 1,536 patches at any length; the job
+            # caps the side at 2048 (fewer tokens for that strip, never more)
+            assert spec.patch_multiplier and models.image_tokens(spec, *sent, detail) <= before
+            continue
         assert models.image_tokens(spec, *sent, detail) == before, (w, h, sent)
         # the model's view of what is sent is what is sent: nothing more to throw away
         if image_sizes.model_view(spec, *sent, detail) != sent:
@@ -124,6 +141,41 @@ def test_sent_sizes(model_id, detail, size, sent):
     spec = models.spec_for(model_id)
     assert models.sent_size(spec, *size, detail, spec.max_image_side) == sent
     assert models.sent_size(spec, *size, detail, 512)[0] <= 512  # --max_image_side still caps
+
+
+@pytest.mark.parametrize(
+    "model_id,size,detail,tokens",
+    [
+        # OpenAI's worked example: 1800x2400 scaled to 1056x1408, 33 x 44 = 1452 patches
+        ("gpt-4.1-mini", (1800, 2400), "auto", math.ceil(1452 * 1.62)),
+        ("gpt-4.1-nano", (1800, 2400), "high", math.ceil(1452 * 2.46)),
+        ("o4-mini", (1024, 1024), "auto", math.ceil(1024 * 1.72)),
+        ("gpt-5-mini", (4032, 3024), "auto", math.ceil(1452 * 1.62)),  # a phone photo
+        ("gpt-5-nano", (4000, 3000), "low", math.ceil(16 * 12 * 2.46)),  # 512x384 first
+        ("gpt-4.1", (1024, 1024), "auto", 85 + 4 * 170),
+        ("o3", (1024, 1024), "auto", 75 + 4 * 150),
+        ("gpt-5", (1024, 1024), "high", 70 + 4 * 140),
+        ("gpt-5", (4000, 3000), "low", 70),
+        ("gemini-2.5-flash", (1024, 1024), "auto", 4 * 258),  # no resolution asked: tiles
+        ("gemini-2.5-flash", (4000, 3000), "low", 64),
+        ("gemini-2.5-pro", (4000, 3000), "high", 256),
+        ("gemini-3-pro-preview", (4000, 3000), "auto", 1120),
+        ("gemini-3-pro-preview", (300, 200), "low", 280),
+    ],
+)
+def test_the_current_models_image_tokens(model_id, size, detail, tokens):
+    spec = models.spec_for(model_id)
+    assert models.image_tokens(spec, *size, detail) == tokens
+
+
+def test_the_patch_view_fits_1536_patches_and_never_upscales():
+    assert image_sizes.patch_view(1800, 2400) == (1056, 1408)
+    for w, h in SIZES:
+        vw, vh = image_sizes.patch_view(w, h)
+        assert vw <= w and vh <= h
+        assert image_sizes.patches(vw, vh) <= image_sizes.MAX_PATCHES
+        if image_sizes.patches(w, h) <= image_sizes.MAX_PATCHES:
+            assert (vw, vh) == (w, h)
 
 
 def test_anthropic_view_stays_within_its_limits():
@@ -166,7 +218,7 @@ IMAGES = [
 
 
 # one of each family, and OpenAI's low detail
-PREPARED_CASES = [CASES[i] for i in (0, 2, 3, 5, 7, 9, 11, 12)]
+PREPARED_CASES = [CASES[i] for i in (0, 2, 3, 5, 7, 9, 11, 12, 13, 15, 19, 21)]
 
 
 @pytest.mark.parametrize("model_id,detail", PREPARED_CASES)
@@ -189,6 +241,10 @@ def test_prepared_images_arrive_at_their_size_and_the_endpoint_counts_the_estima
         estimate = asker.estimate(prepared, "Describe it.", max_side)[0]
         original = models.image_tokens(spec, *upright, detail)
         text = models.estimate_tokens(spec, 1, 1, detail, "Describe it.", None, 1)[1]
+        if max(image_sizes.model_view(spec, *upright, detail)) > max_side:
+            # a patch model's strip past the job's 2048 px side: capped, so fewer tokens
+            assert spec.patch_multiplier
+            original = models.image_tokens(spec, *received.size, detail)
         assert estimate - text == original == models.image_tokens(spec, *received.size, detail)
         # the offline endpoint analyses the received image and bills exactly the estimate
         usage = local_endpoint.analyser_answer(asker.body(prepared, "Describe it."))["usage"]

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.openapi import request_errors
 from transforms.core import describe_config, request_builder
-from transforms.core.question import models
+from transforms.core.question import catalogue, models
 
 REFERENCE = pathlib.Path(__file__).resolve().parents[4].parent / "shared/reference/vision-models.md"
 DATA_URL = "data:image/png;base64,iVBORw0KGgo="
@@ -38,10 +38,24 @@ def _reference_table() -> dict[str, tuple[str, bool]]:
     return rows
 
 
-def test_catalogue_holds_exactly_the_reference_ids_and_families():
+def test_catalogue_keeps_every_reference_id_and_adds_the_current_models():
     reference = _reference_table()
     assert len(reference) == 22
-    assert set(models.CATALOGUE) == set(reference)
+    assert catalogue.SEED_IDS == set(reference)
+    current = {s.id for s in catalogue.CURRENT}
+    assert set(models.CATALOGUE) == set(reference) | current
+    assert not current & set(reference)
+    # the families users run now
+    for wanted in ("gpt-4.1", "gpt-4.1-mini", "gpt-5", "gpt-5-mini", "o3", "o4-mini"):
+        assert models.CATALOGUE[wanted].family == "openai"
+    assert any(m.startswith("claude-sonnet-4") for m in current)
+    assert any(m.startswith("claude-opus-4") for m in current)
+    assert any(m.startswith("gemini-2.5") for m in current)
+    assert any(m.startswith("gemini-3") for m in current)
+    # the retired seed models keep their rows, and say so
+    for retired in ("claude-3-opus-20240229", "claude-3-sonnet-20240229", "gemini-1.5-pro"):
+        assert models.CATALOGUE[retired].retired
+    assert not any(s.retired for s in catalogue.CURRENT)
     for model_id, (family, moderation) in reference.items():
         spec = models.CATALOGUE[model_id]
         assert spec.id == model_id and spec.known
@@ -69,7 +83,13 @@ def test_spec_is_coherent(model_id):
     )
     assert spec.input_price >= 0 and spec.output_price >= 0
     # the family rules the request builder relies on
-    assert spec.detail == (spec.family == "openai")
+    # detail is OpenAI's knob, and Gemini 2.5+'s media resolution
+    assert spec.detail == (spec.family == "openai" or bool(spec.resolution_tokens))
+    assert spec.patch_multiplier >= 0 and len(spec.tiles) == 2
+    if spec.flex or spec.patch_multiplier:
+        assert spec.family == "openai"
+    if spec.reasoning_effort and spec.family == "openai":
+        assert spec.token_field == "max_completion_tokens"
     assert spec.system_messages == (spec.family != "meta")
     if spec.family in ("anthropic", "meta", "minimax"):
         assert spec.response_format is None
@@ -133,7 +153,9 @@ def _check_body(spec, body, *, system_prompt, schema, detail):
         assert body["response_format"] == {"type": "json_object"}
     assert list(body) == ["model", "messages", spec.token_field] + (
         ["response_format"] if "response_format" in body else []
-    )
+    ) + (["reasoning_effort"] if spec.reasoning_effort and not spec.moderation else [])
+    if "reasoning_effort" in body:
+        assert body["reasoning_effort"] == spec.reasoning_effort
 
 
 @pytest.mark.parametrize("detail", ["auto", "high"])
@@ -328,3 +350,54 @@ def test_estimate_tokens_with_and_without_a_size():
 
 
 # -- prices ------------------------------------------------------------------------------------
+
+
+# -- the current models' request rules ---------------------------------------------------------
+def _bare(model_id, **kw):
+    return models.build_request(
+        models.spec_for(model_id),
+        DATA_URL,
+        prompt=PROMPT,
+        system_prompt=SYSTEM,
+        max_tokens=300,
+        detail=kw.pop("detail", "auto"),
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("model_id", ["gpt-5", "gpt-5-mini", "gpt-5-nano", "o3", "o4-mini"])
+def test_reasoning_models_take_max_completion_tokens_and_a_low_effort(model_id):
+    body = _bare(model_id, json_schema=SCHEMA)
+    assert body["max_completion_tokens"] == 300 and "max_tokens" not in body
+    assert body["reasoning_effort"] == "low"
+    assert body["response_format"]["type"] == "json_schema"
+    assert request_errors(body) == []
+
+
+def test_the_service_tier_and_the_prompt_cache_key_are_sent_as_asked_and_validate():
+    body = _bare("gpt-5-mini", service_tier="flex", prompt_cache_key="product-photos-v1")
+    assert (body["service_tier"], body["prompt_cache_key"]) == ("flex", "product-photos-v1")
+    assert request_errors(body) == []
+    for tier in models.SERVICE_TIERS:
+        assert request_errors(_bare("o3", service_tier=tier)) == []
+    plain = _bare("gpt-4o")
+    assert "service_tier" not in plain and "prompt_cache_key" not in plain
+    # the key is OpenAI's: another family's body never carries it
+    claude = _bare("claude-sonnet-4-5", prompt_cache_key="k")
+    assert "prompt_cache_key" not in claude and request_errors(claude) == []
+
+
+def test_gemini_takes_its_media_resolution_through_detail_and_older_ids_do_not():
+    low = _bare("gemini-2.5-flash", detail="low")
+    assert low["messages"][1]["content"][1]["image_url"]["detail"] == "low"
+    assert low["reasoning_effort"] == "low" and request_errors(low) == []
+    old = _bare("gemini-2.0-flash", detail="low")
+    assert "detail" not in old["messages"][1]["content"][1]["image_url"]
+    assert "reasoning_effort" not in old
+
+
+def test_which_models_take_the_flex_tier():
+    flex = {m for m, s in models.CATALOGUE.items() if s.flex}
+    assert {"o3", "o4-mini", "gpt-5", "gpt-5-mini", "gpt-5-nano"} <= flex
+    assert not flex & {"gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini"}
+    assert all(models.CATALOGUE[m].family == "openai" for m in flex)
