@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import (
 from pipelines.batch_options import add_batch_args
 from transforms.core.api import client as vision_api
 from transforms.core.images import loader as images
+from transforms.core.question import models
 from transforms.write_bigquery import METHODS as WRITE_METHODS
 
 LOCAL = "local"
@@ -120,7 +121,25 @@ class DescribeImagesOptions(PipelineOptions):
             type=str,
             default="auto",
             choices=vision_api.DETAILS,
-            help="Image detail level. Default: auto.",
+            help="Image detail level (OpenAI's detail; Gemini 2.5+'s media resolution). "
+            "Default: auto.",
+        )
+        add(
+            "--service_tier",
+            type=str,
+            default=None,
+            choices=models.SERVICE_TIERS,
+            help="Sent as the request's service_tier: 'flex' asks OpenAI's flex tier (Batch API "
+            "prices, slow answers, 429 'resource unavailable' when short of capacity; o3, "
+            "o4-mini and the gpt-5 family), 'auto'/'default' the usual ones. Answers are priced "
+            "by the tier the response says served them. Default: not sent.",
+        )
+        add(
+            "--prompt_cache_key",
+            type=str,
+            default=None,
+            help="Sent as prompt_cache_key to OpenAI models, so requests sharing the prompt's "
+            "repeating prefix land on one cache. Default: not sent.",
         )
         add(
             "--api_base",
@@ -155,8 +174,9 @@ class DescribeImagesOptions(PipelineOptions):
         add(
             "--request_timeout",
             type=float,
-            default=60.0,
-            help="Seconds to wait for one attempt's answer. Default: 60.",
+            default=None,
+            help="Seconds to wait for one attempt's answer. Default: 60, or 900 with "
+            "--service_tier flex (OpenAI advises 15 minutes for flex).",
         )
         add(
             "--max_retries",

@@ -41,6 +41,9 @@ from transforms.read_image_refs import (
 _LOGGER = logging.getLogger(__name__)
 
 
+DEFAULT_TIMEOUT, FLEX_TIMEOUT = 60.0, 900.0
+
+
 class OptionsError(ValueError):
     """A flag or the environment is wrong; the message says what to do."""
 
@@ -133,6 +136,8 @@ def validate(options: PipelineOptions) -> DescribeImagesOptions:
         raise OptionsError(str(exc)) from None
     if min(opts.max_retries, opts.requests_per_minute, opts.tokens_per_minute) < 0:
         raise OptionsError("--max_retries and the per-minute budgets must be >= 0")
+    if opts.request_timeout is None:  # flex answers slowly: OpenAI advises 15 minutes
+        opts.request_timeout = FLEX_TIMEOUT if opts.service_tier == "flex" else DEFAULT_TIMEOUT
     if opts.request_timeout <= 0 or opts.stop_after_account_errors < 1:
         raise OptionsError("--request_timeout must be > 0, --stop_after_account_errors >= 1")
     _validate_question(opts, d)
@@ -223,6 +228,14 @@ def _validate_question(opts: DescribeImagesOptions, d: Derived) -> None:
             opts.model,
             ", ".join(sorted(models.CATALOGUE)),
         )
+    if spec.retired:
+        _LOGGER.warning(
+            "--model %s was %s: the provider no longer serves it (a reseller may); the "
+            "preflight's test request will tell",
+            opts.model,
+            spec.retired,
+        )
+    _validate_tier(opts, spec)
     if spec.moderation and opts.output_schema:
         raise OptionsError(
             f"{opts.model} is a moderation model: its answer (safe / unsafe + categories) "
@@ -235,6 +248,33 @@ def _validate_question(opts: DescribeImagesOptions, d: Derived) -> None:
             d.prices = pricing.parse_price_table(_read_text(opts.price_table))
         except (ValueError, OSError) as exc:
             raise OptionsError(f"--price_table: {exc}") from None
+
+
+def _validate_tier(opts: DescribeImagesOptions, spec: models.ModelSpec) -> None:
+    """--service_tier flex only for a model that takes it; --prompt_cache_key only for OpenAI's."""
+    if opts.service_tier and opts.mode == "batch":
+        raise OptionsError(
+            f"--service_tier {opts.service_tier} is for online requests (a batch is billed at "
+            "its own rate, the rate flex is billed at): drop --service_tier or --mode batch"
+        )
+    if opts.service_tier == "flex":
+        if spec.known and not spec.flex:
+            takes = ", ".join(sorted(m for m, s in models.CATALOGUE.items() if s.flex))
+            raise OptionsError(
+                f"--model {opts.model} is not served on the flex tier (models that are: {takes}); "
+                "drop --service_tier flex"
+            )
+        if not spec.known:
+            _LOGGER.warning(
+                "--service_tier flex is sent as asked for --model %r, which the catalogue does "
+                "not know: its answers are priced at --price_table's rates (no flex price known)",
+                opts.model,
+            )
+    if opts.prompt_cache_key and spec.known and spec.family != "openai":
+        raise OptionsError(
+            f"--prompt_cache_key is OpenAI's; {opts.model} is a {spec.family} model (its "
+            "provider caches without one): drop --prompt_cache_key"
+        )
 
 
 def _read_text(value: str) -> str:
@@ -294,6 +334,8 @@ def describe_config(options: PipelineOptions, api_base: str) -> DescribeConfig:
             system_prompt=opts.system_prompt,
             max_tokens=opts.max_tokens,
             detail=opts.detail,
+            service_tier=opts.service_tier,
+            prompt_cache_key=opts.prompt_cache_key,
         ),
         image=images.ImageOptions(
             max_side=opts.max_image_side,
@@ -307,7 +349,8 @@ def describe_config(options: PipelineOptions, api_base: str) -> DescribeConfig:
         ),
         retry=RetryPolicy(max_retries=opts.max_retries, backoff_base=opts.retry_backoff),
         max_concurrency=opts.max_concurrency,
-        request_timeout=opts.request_timeout,
+        request_timeout=opts.request_timeout
+        or (FLEX_TIMEOUT if opts.service_tier == "flex" else DEFAULT_TIMEOUT),
         requests_per_minute=worker_share(opts.requests_per_minute, workers),
         rate_limit_service=opts.rate_limit_service or None,
         rate_limit_domain=opts.rate_limit_domain,

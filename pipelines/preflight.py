@@ -24,6 +24,7 @@ from transforms.core.api import client as vision_api
 from transforms.core.api.retry import RetryPolicy
 from transforms.core.api.session import new_session
 from transforms.core.guards import secrets
+from transforms.core.question import models
 
 
 class PreflightError(RuntimeError):
@@ -89,11 +90,15 @@ def check_model_answers(
             secrets=(key,) if key else (),
             retry=RetryPolicy(max_retries=2, backoff_base=0.5, max_retry_after=10),
         )
+        # a reasoning model counts its reasoning against the limit: one token would end it
+        # before any text (finish_reason "length", no answer)
+        reasoning = bool(models.spec_for(chat.model).reasoning_effort)
         probe = describe_config.ChatConfig(
             model=chat.model,
             prompt="Reply with one word.",
-            max_tokens=1,
+            max_tokens=256 if reasoning else 1,
             detail="low" if chat.detail == "low" else "auto",
+            service_tier=chat.service_tier,
         )
         result = client.complete(request_builder.build_request(_tiny_png(), probe))
     finally:

@@ -29,6 +29,7 @@ from pipelines.describe_options import flag as parse_flag
 from transforms.core.guards import netguard, sanitize
 from transforms.core.images import loader as images
 from transforms.core.question import pricing
+from transforms.core.review import bigquery_data as review_bigquery
 from transforms.core.review import data as review_data
 from transforms.core.review import page as review_page
 
@@ -213,10 +214,10 @@ def write_review(
     elif output_table:
         from transforms.read_existing_keys import bigquery_client
 
-        table = review_data.table_id(output_table)
+        table = review_bigquery.table_id(output_table)
         failures_table = failures_table or f"{output_table}_failures"
         client = bigquery_client(project or table.split(".", 1)[0])
-        run = review_data.bigquery_run(client, output_table, failures_table, sample, seed)
+        run = review_bigquery.bigquery_run(client, output_table, failures_table, sample, seed)
     else:
         raise ValueError("pass --output (a folder) or --output_table (a BigQuery table)")
     thumbs = review_page.Thumbnails(

@@ -110,7 +110,8 @@ def preflight_totals(result, opts: DescribeImagesOptions) -> dict[str, float]:
     if completion is None:
         return {}
     prompt, done = completion.prompt_tokens or 0, completion.completion_tokens or 0
-    prices = pricing.prices(models.spec_for(opts.model), derived(opts).prices)
+    tier = getattr(completion, "service_tier", None)
+    prices = pricing.tier_prices(models.spec_for(opts.model), derived(opts).prices, tier)
     return {
         "preflight_prompt_tokens": prompt,
         "preflight_completion_tokens": done,
@@ -170,6 +171,13 @@ def backpressure_line(totals: dict[str, float]) -> str:
             f"{noise} burst{'s' if noise > 1 else ''} of 429s were noise (they did not fall when "
             "the pace was cut): full speed, each refused request waited its own Retry-After"
         )
+    capacity = int(totals.get("backpressure_capacity_429", 0))
+    if capacity:
+        parts.append(
+            f"{capacity} answer{'s' if capacity > 1 else ''} 429 'resource unavailable' (the "
+            "provider short of capacity, as flex is; not billed): noise, each waited its own "
+            "Retry-After, the pace untouched"
+        )
     return "  back-pressure " + ("; ".join(parts) if parts else "full speed: no rate limit met")
 
 
@@ -184,20 +192,44 @@ def every_row_failed(totals: dict[str, float]) -> bool:
     )
 
 
-def _price_source(opts: DescribeImagesOptions) -> str:
+def run_prices(opts: DescribeImagesOptions) -> tuple[tuple[float, float], str]:
+    """(input, output) USD per 1M tokens the run is billed at, and where they come from: the
+    batch rate with --mode batch, the flex rate with --service_tier flex (where the model's is
+    known), else the online (list or --price_table) prices."""
+    spec = models.spec_for(opts.model)
     table = derived(opts).prices
-    prices = pricing.prices(models.spec_for(opts.model), table)
+    online = pricing.prices(spec, table)
     where = "--price_table" if opts.model in table else "list"
-    return f"{where} prices (${prices[0]:g} / ${prices[1]:g} per 1M input / output tokens)"
+    if opts.mode == "batch":
+        batch = pricing.batch_prices(spec, table)
+        if batch is not None:
+            return batch, f"batch prices (half the {where} prices)"
+        return online, f"{where} prices (no batch price known)"
+    if opts.service_tier == "flex":
+        flex = pricing.flex_prices(spec, table)
+        if flex is not None:
+            return (
+                flex,
+                f"flex prices (half the {where} prices; answers not served on flex at {where})",
+            )
+        return online, f"{where} prices (no flex price known)"
+    return online, f"{where} prices"
+
+
+def _price_source(opts: DescribeImagesOptions) -> str:
+    prices, where = run_prices(opts)
+    return f"{where} (${prices[0]:g} / ${prices[1]:g} per 1M input / output tokens)"
 
 
 def format_dry_run(totals: dict[str, float], opts: DescribeImagesOptions) -> str:
-    """What the run would send and cost, from the ``EstimateRequests`` counters."""
+    """What the run would send and cost, from the ``EstimateRequests`` counters, at the prices
+    of the run's mode and tier (``run_prices``)."""
     spec = models.spec_for(opts.model)
-    prices = pricing.prices(spec, derived(opts).prices)
+    prices, _ = run_prices(opts)
     image_t = int(totals.get("estimated_image_tokens", 0))
     text_t = int(totals.get("estimated_text_tokens", 0))
     bound = int(totals.get("estimated_completion_tokens", 0))
+    requests = int(totals.get("dry_run_requests", 0))
     prompt_cost = pricing.cost(prices, image_t + text_t, 0)
     same_bytes = int(
         totals.get("rows_sharing_identical_bytes", 0) + totals.get("dry_run_same_bytes", 0)
@@ -209,7 +241,7 @@ def format_dry_run(totals: dict[str, float], opts: DescribeImagesOptions) -> str
         f"  rows        {int(totals.get('dry_run_rows', 0))} planned, "
         f"{int(totals.get('rows_skipped_existing', 0))} skipped as already described, "
         f"{int(totals.get('images_failed', 0))} with a prompt that cannot be built",
-        f"  requests    {int(totals.get('dry_run_requests', 0))} "
+        f"  requests    {requests} "
         f"({int(totals.get('rows_sharing_a_request', 0))} rows share a reference, "
         f"{same_bytes} rows identical bytes; "
         f"{int(totals.get('dry_run_unreadable', 0))} rows unreadable, would fail; "
@@ -221,21 +253,44 @@ def format_dry_run(totals: dict[str, float], opts: DescribeImagesOptions) -> str
         f"--max_tokens; {_price_source(opts)}",
         f"  elapsed     {totals['elapsed_s']:.1f} s",
     ]
-    cache = cache_line(opts)
+    cache = cache_line(opts, requests, prices, image_t + text_t, bound)
     if cache:
         lines.insert(-1, cache)
     return "\n".join(lines)
 
 
-def cache_line(opts: DescribeImagesOptions) -> str | None:
+def cache_line(
+    opts: DescribeImagesOptions,
+    requests: int = 0,
+    prices: tuple[float, float] = (0.0, 0.0),
+    prompt_tokens: int = 0,
+    bound: int = 0,
+) -> str | None:
     """Whether the part of each request that repeats row to row (system prompt, a prompt
     without a template, the schema instructions sent in the prompt) is long enough for the
-    provider to cache; None where the provider's caching is unknown."""
+    provider to cache, and what the run's prompts cost if it is read from the cache by every
+    request after the first; None where the provider's caching is unknown."""
     spec = models.spec_for(opts.model)
     text = derived(opts).output_schema
     schema = structured.parse_output_schema(text, RESERVED_COLUMNS) if text else None
     repeating = [opts.system_prompt or "", sent_instructions(spec, schema)]
     if not opts.prompt_template:
         repeating.append(opts.prompt or "")
-    note = caching.prefix_note(spec, sum(image_sizes.text_tokens(t) for t in repeating if t))
-    return f"  caching     {note}" if note else None
+    prefix = sum(image_sizes.text_tokens(t) for t in repeating if t)
+    note = caching.prefix_note(spec, prefix)
+    if not note:
+        return None
+    mode = "batch" if opts.mode == "batch" else "online"
+    rule = caching.applies(spec, mode)
+    reads, writes = caching.expected_cache(rule, requests, prefix)
+    if rule is None:
+        note += "; online requests carry no cache_control (only batch lines do): not cached"
+    elif reads:
+        ttl = "1h" if mode == "batch" else "5m"
+        low = caching.cached_cost(prices, rule, prompt_tokens, 0, reads, writes, ttl)
+        high = caching.cached_cost(prices, rule, prompt_tokens, bound, reads, writes, ttl)
+        note += (
+            f"; read from the cache by every request after the first: ${low:.4f} for the "
+            f"prompts, up to ${high:.4f}"
+        )
+    return f"  caching     {note}"

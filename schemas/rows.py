@@ -72,6 +72,13 @@ DESCRIPTION_FIELDS: tuple[Field, ...] = (
         "The part of prompt_tokens written to the provider's prompt cache, billed at its "
         "cache-write rate (Anthropic's cache_creation_input_tokens).",
     ),
+    Field(
+        "service_tier",
+        "STRING",
+        True,
+        "The tier that served the answer, as the response said (default, flex, ...): what it "
+        "is billed at. Null when the provider did not say.",
+    ),
     Field("finish_reason", "STRING", True, "choices[0].finish_reason (stop, length, ...)."),
     Field("response_id", "STRING", True, "The API's id for the completion."),
     Field("latency_ms", "FLOAT64", False, "Wall time of the successful attempt, milliseconds."),

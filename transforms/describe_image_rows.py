@@ -52,12 +52,13 @@ class DescribeImageRows(beam.PTransform):
         system_prompt: str | None = None,
         max_tokens: int = 300,
         detail: str = "auto",
+        service_tier: str | None = None,
         api_key_env: str | None = "AIMLAPI_API_KEY",
         api_key_secret: str | None = None,
         image_column: str = "image_uri",
         id_column: str | None = None,
         max_concurrency: int = 8,
-        request_timeout: float = 60.0,
+        request_timeout: float | None = None,
         max_retries: int = 5,
         requests_per_minute: float = 0.0,
         max_image_side: int = 2048,
@@ -71,6 +72,8 @@ class DescribeImageRows(beam.PTransform):
                 "`python -m transforms.core.offline.endpoint` and point api_base at it"
             )
         self._image_column, self._id_column = image_column, id_column
+        if request_timeout is None:  # flex answers slowly: OpenAI advises 15 minutes
+            request_timeout = 900.0 if service_tier == "flex" else 60.0
         self._cfg = describe_config.DescribeConfig(
             api_base=api_base,
             api_key_env=api_key_env,
@@ -81,6 +84,7 @@ class DescribeImageRows(beam.PTransform):
                 system_prompt=system_prompt,
                 max_tokens=int(max_tokens),
                 detail=detail,
+                service_tier=service_tier or None,
             ),
             image=images.ImageOptions(max_side=int(max_image_side)),
             retry=RetryPolicy(max_retries=int(max_retries)),

@@ -26,7 +26,6 @@ from tests.support import images as timg
 from tests.support.bq import PROJECT, EmulatorBigQueryClient
 from tests.support.net import ImageHost
 from transforms.core.guards import sanitize
-from transforms.core.question import models
 from transforms.core.review import data as review_data
 from transforms.core.review import page as review_page
 
@@ -197,10 +196,8 @@ def test_totals_and_failure_groups_stream_the_files(tmp_path):
     assert f"${expected:,.4f}" in page
     assert "20 more" not in page and "… 30 in all" in page
     batch = review_page.render(run, {}, review_page.Question(mode="batch"), 3, 0)
-    if hasattr(models, "batch_prices"):  # the providers' batch APIs bill half the list price
-        assert f"${expected / 2:,.4f} batch" in batch and "batch prices (from list)" in batch
-    else:
-        assert f"${expected:,.4f} batch" in batch and "no batch price known" in batch
+    # the providers' batch APIs bill half the list price
+    assert f"${expected / 2:,.4f} batch" in batch and "batch prices (from list)" in batch
 
 
 def test_page_escapes_everything_and_references_nothing_remote(tmp_path, monkeypatch):

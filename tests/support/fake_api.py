@@ -230,6 +230,20 @@ class FaultPlan:
                 429,
                 body={"error": {"message": "Rate limit reached", "type": "requests", "code": None}},
             )
+        if kind == "flex_unavailable":  # OpenAI's flex tier short of capacity (not billed)
+            return Fault(
+                "status",
+                429,
+                headers={"Retry-After": f"{ra:g}"},
+                body={
+                    "error": {
+                        "message": "Resource Unavailable: flex processing is out of capacity, "
+                        "please retry later",
+                        "type": "resource_unavailable",
+                        "code": "resource_unavailable",
+                    }
+                },
+            )
         if kind in ("500", "502", "503"):
             return Fault("status", int(kind))
         if kind == "aiml_503":

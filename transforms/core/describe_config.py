@@ -33,6 +33,8 @@ class ChatConfig:
     system_prompt: str | None = None
     max_tokens: int = 300
     detail: str = "auto"
+    service_tier: str | None = None  # --service_tier, sent as given; None: not sent
+    prompt_cache_key: str | None = None  # --prompt_cache_key, sent to OpenAI models
 
 
 @dataclasses.dataclass(frozen=True)

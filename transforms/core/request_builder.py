@@ -35,6 +35,7 @@ def build_request(
     prompt: str | None = None,
     json_schema: dict[str, Any] | None = None,
     schema_instructions: str | None = None,
+    service_tier: str | None = None,
 ) -> dict[str, Any]:
     """The request body for one image, shaped for ``cfg.model`` by ``models.build_request``:
     one user message with a text part (``prompt``, else ``cfg.prompt``) and an ``image_url``
@@ -49,6 +50,8 @@ def build_request(
         detail=cfg.detail,
         json_schema=json_schema,
         schema_instructions=schema_instructions,
+        service_tier=service_tier if service_tier is not None else cfg.service_tier,
+        prompt_cache_key=cfg.prompt_cache_key,
     )
 
 
@@ -69,6 +72,15 @@ class RequestBuilder:
         self.sent_instructions = sent_instructions(self.spec, self.schema)
         self.prices = pricing.prices(self.spec, {m: (i, o) for m, i, o in cfg.price_table})
         self.cache_rule = caching.rule_for(self.spec)
+        table = {m: (i, o) for m, i, o in cfg.price_table}
+        self.flex_prices = pricing.flex_prices(self.spec, table)
+        # what the dry run and the budgets count a request at: the flex rate when flex is asked
+        # for (the answers' own tier prices them once they arrive)
+        self.estimate_prices = (
+            self.flex_prices
+            if cfg.chat.service_tier == "flex" and self.flex_prices is not None
+            else self.prices
+        )
 
     def answer_cost(
         self,
@@ -78,11 +90,15 @@ class RequestBuilder:
         ttl: str = "5m",
     ) -> float:
         """USD for one answer's usage block (a ``responses.Completion``) at ``prices`` (default:
-        the job's online prices): plain prompt tokens, cached reads and cache writes each at
-        their own rate (``question.caching``); the estimate stands in for a missing prompt
-        count."""
+        the job's online prices, or its flex prices when the answer says the flex tier served
+        it): plain prompt tokens, cached reads and cache writes each at their own rate
+        (``question.caching``); the estimate stands in for a missing prompt count."""
+        if prices is None:
+            prices = self.prices
+            if getattr(c, "service_tier", None) == "flex" and self.flex_prices is not None:
+                prices = self.flex_prices
         return caching.cached_cost(
-            prices or self.prices,
+            prices,
             self.cache_rule,
             estimate if c.prompt_tokens is None else c.prompt_tokens,
             c.completion_tokens or 0,
@@ -108,7 +124,7 @@ class RequestBuilder:
             self.sent_instructions,
         )
         estimate = image_t + text_t
-        return estimate, bound, pricing.cost(self.prices, estimate, bound)
+        return estimate, bound, pricing.cost(self.estimate_prices, estimate, bound)
 
     def body(self, prepared: images.PreparedImage, prompt: str) -> dict[str, Any]:
         return build_request(

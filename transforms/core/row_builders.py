@@ -42,6 +42,7 @@ def answer_columns(
         "total_tokens": c.total_tokens,
         "cached_prompt_tokens": c.cached_tokens,
         "cache_write_tokens": c.cache_write_tokens,
+        "service_tier": c.service_tier,
         "finish_reason": c.finish_reason,
         "response_id": c.response_id,
         "latency_ms": float(result.latency_ms),

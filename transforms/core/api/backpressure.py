@@ -25,6 +25,9 @@ of drawing a 429 per slot, then paced at the quota per window. A quota spent wit
 read (429s with ``Retry-After: 1`` until the minute ends) holds everyone, twice as long each
 time nothing got through in between.
 
+A 429 that says the provider is short of capacity (OpenAI flex's "resource unavailable") is
+noise by its own words: counted, never judged (``release(capacity=True)``).
+
 Each request's own Retry-After (or Gemini's ``RetryInfo.retryDelay``, read by
 ``responses.retry_after_of``) is always honoured for that request. Before any 429, providers
 that say what is left are heeded (``rate_headers.header_pace``: OpenAI's, Anthropic's and the
@@ -189,7 +192,16 @@ class Controller:
         status: int | None,
         retry_after: float | None = None,
         headers: Mapping[str, str] | None = None,
+        capacity: bool = False,
     ) -> None:
+        if capacity:
+            # the provider short of capacity (flex's 429 "resource unavailable"): its noise by
+            # its own words, never a limit; that request waits its own Retry-After, the pipe
+            # stays full and the pace is untouched
+            self.slots.release(succeeded=False, end_slow_start=False)
+            with self._lock:
+                self._counts["backpressure_capacity_429"] += 1
+            return
         ok, throttled = status == 200, status == 429
         # the first 429 ends the slow start (the slots stop doubling), without halving them
         self.slots.release(succeeded=ok, end_slow_start=throttled)

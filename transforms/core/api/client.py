@@ -264,6 +264,7 @@ class VisionClient:
                     status if content is not None or status == 429 else None,
                     parse_retry_after(headers) if status == 429 and headers else None,
                     headers,
+                    capacity=api_responses.capacity_refusal(status, content),
                 )
         return self._interpret(status, response.headers, content)
 

@@ -146,6 +146,21 @@ class Completion:
     # cache_creation_input_tokens, which a compatible server may pass through)
     cached_tokens: int | None = None
     cache_write_tokens: int | None = None
+    # the tier that served the answer (OpenAI's service_tier: "default", "flex", ...), which is
+    # what it is billed at, whatever was asked; None when absent or not a tier's name
+    service_tier: str | None = None
+
+
+SERVICE_TIERS = frozenset({"auto", "default", "flex", "scale", "priority", "fast", "standard"})
+
+
+def service_tier(value: Any) -> str | None:
+    """An answer's ``service_tier``, lower-cased, when it names a tier; else None (a server that
+    echoes odd text does not get to name a column's value)."""
+    if not isinstance(value, str):
+        return None
+    tier = value.strip().lower()
+    return tier if tier in SERVICE_TIERS else None
 
 
 def cache_counts(usage: dict) -> tuple[int | None, int | None]:
@@ -212,6 +227,7 @@ def parse_completion(payload: Any, secrets: Iterable[str] = ()) -> Completion:
         response_id=_string(payload.get("id"), MAX_FIELD, secrets),
         cached_tokens=cached,
         cache_write_tokens=written,
+        service_tier=service_tier(payload.get("service_tier")),
     )
 
 
@@ -423,6 +439,19 @@ def html_page_summary(text: str, headers: Mapping[str, str]) -> str | None:
     return f"an HTML error page ({title!r}{', from ' + who if who else ''})"
 
 
+_CAPACITY_WORDS = (b"resource unavailable", b"resource_unavailable", b"resources unavailable")
+
+
+def capacity_refusal(status: int | None, content: bytes | None) -> bool:
+    """A 429 that says the provider is short of capacity, not that the account is over a limit:
+    OpenAI's flex tier answers ``429 Resource Unavailable`` (not billed) when it cannot serve.
+    Sending slower does not cure it, so back-pressure treats it as the provider's noise."""
+    if status != 429 or not content:
+        return False
+    head = content[:MAX_ERROR_SCAN].lower()
+    return any(words in head for words in _CAPACITY_WORDS)
+
+
 def http_error(
     status: int,
     host: str,
@@ -454,6 +483,8 @@ def http_error(
     if hint and not retryable:
         text += f" ({hint})"
     error_type = _ERROR_TYPES.get(status) or ("server_error" if status >= 500 else "http_error")
+    if capacity_refusal(status, content):
+        error_type = "capacity_unavailable"
     return HttpError(
         message=text,
         error_type="unauthorized" if key_refused else error_type,

@@ -163,7 +163,8 @@ def fixed_answer(body: dict) -> dict:
 
 
 def completion(body: dict, content: str, model: str, image_tokens: int = 0) -> dict:
-    """A well-formed chat.completion, truncated to ``max_tokens`` like a real model would."""
+    """A well-formed chat.completion, truncated to ``max_tokens`` like a real model would; with
+    the ``service_tier`` that served it when one was asked for, as OpenAI answers."""
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
     finish = "stop"
     if isinstance(max_tokens, int) and tokens.text_tokens(content) > max_tokens:
@@ -171,7 +172,7 @@ def completion(body: dict, content: str, model: str, image_tokens: int = 0) -> d
     prompt_tokens = image_tokens + tokens.text_tokens(prompt_text(body)) + 7
     completion_tokens = tokens.text_tokens(content)
     digest = hashlib.sha256(content.encode()).hexdigest()[:24]
-    return {
+    answer = {
         "id": f"chatcmpl-{digest}",
         "object": "chat.completion",
         "created": int(time.time()),
@@ -190,6 +191,10 @@ def completion(body: dict, content: str, model: str, image_tokens: int = 0) -> d
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+    tier = body.get("service_tier")
+    if isinstance(tier, str) and tier:  # like OpenAI: the tier that served it ("auto": default)
+        answer["service_tier"] = "default" if tier == "auto" else tier
+    return answer
 
 
 class Handler(http.server.BaseHTTPRequestHandler):

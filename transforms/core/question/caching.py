@@ -118,3 +118,26 @@ def prefix_note(spec: ModelSpec, prefix_tokens: int) -> str | None:
         f"cached reads cost {rule.read:g}x the input price"
         + (f", writes {rule.write_5m:g}x (5 min) / {rule.write_1h:g}x (1 h)" if rule.marked else "")
     )
+
+
+def applies(spec: ModelSpec, mode: str) -> CacheRule | None:
+    """The rule that caches this job's requests in ``mode`` ("online" or "batch"), or None: the
+    job marks Anthropic's blocks with ``cache_control`` only in its Message Batches lines, so
+    Anthropic online requests are not cached; OpenAI caches automatically on every tier (its
+    price page lists cached-input prices for Batch and flex too); Gemini's implicit caching is
+    documented for online requests only, so a Gemini batch is not counted as cached."""
+    rule = rule_for(spec)
+    if rule is None or (rule.marked and mode != "batch"):
+        return None
+    if spec.family == "google" and mode == "batch":
+        return None
+    return rule
+
+
+def expected_cache(rule: CacheRule | None, requests: int, prefix_tokens: int) -> tuple[int, int]:
+    """(cached reads, cache writes) in tokens a run of ``requests`` requests sharing a repeating
+    prefix of ``prefix_tokens`` can expect at best: the first request writes the prefix, every
+    later one reads it (an estimate: a cache evicted between requests is written again)."""
+    if rule is None or requests <= 0 or prefix_tokens < rule.minimum:
+        return 0, 0
+    return (requests - 1) * prefix_tokens, prefix_tokens

@@ -3,7 +3,8 @@ import.
 
 Prices are USD per 1M tokens. ``prices`` picks a model's (input, output) prices (the table's
 entry for its id, else the ``ModelSpec``'s list prices), ``cost`` turns tokens into USD,
-``batch_prices`` applies a provider's batch discount, and ``parse_price_table`` reads
+``batch_prices`` applies a provider's batch discount, ``tier_prices`` prices an answer by the
+tier that served it (OpenAI's flex tier at Batch API rates), and ``parse_price_table`` reads
 ``--price_table`` (inline JSON or a JSON file) with errors that show the expected shape.
 """
 
@@ -120,9 +121,13 @@ def prices(spec: ModelSpec, table: Mapping[str, tuple[float, float]] | None) -> 
 
 
 # -- batch prices ----------------------------------------------------------------------------
-# OpenAI's Batch API and Anthropic's Message Batches bill 50 % of the list prices (their price
-# pages). Other families: no batch price is known here; batch mode counts them at list prices.
-BATCH_DISCOUNTS = {"openai": 0.5, "anthropic": 0.5}
+# OpenAI's Batch API, Anthropic's Message Batches and Gemini's Batch API bill 50 % of the list
+# prices (their price pages). Other families: no batch price is known here; batch mode counts
+# them at list prices.
+BATCH_DISCOUNTS = {"openai": 0.5, "anthropic": 0.5, "google": 0.5}
+# OpenAI's flex tier is billed at Batch API rates (its flex processing guide), for the models
+# the catalogue marks ``flex``.
+FLEX_DISCOUNTS = {"openai": 0.5}
 
 
 def batch_prices(
@@ -135,3 +140,27 @@ def batch_prices(
         return None
     price_in, price_out = prices(spec, table)
     return price_in * discount, price_out * discount
+
+
+def flex_prices(
+    spec: ModelSpec, table: Mapping[str, tuple[float, float]] | None
+) -> tuple[float, float] | None:
+    """(input, output) USD per 1M tokens on the provider's flex tier, or None when the model is
+    not known to take it (an id outside the catalogue: its flex price is not known here)."""
+    discount = FLEX_DISCOUNTS.get(spec.family) if spec.known and spec.flex else None
+    if discount is None:
+        return None
+    price_in, price_out = prices(spec, table)
+    return price_in * discount, price_out * discount
+
+
+def tier_prices(
+    spec: ModelSpec, table: Mapping[str, tuple[float, float]] | None, tier: str | None
+) -> tuple[float, float]:
+    """The prices of an answer served on ``tier`` (the answer's own ``service_tier``): flex
+    prices for a flex answer of a model with a known flex price, else the online prices."""
+    if tier == "flex":
+        flex = flex_prices(spec, table)
+        if flex is not None:
+            return flex
+    return prices(spec, table)

@@ -1,19 +1,14 @@
 """What a review page shows, read from a run's output without reading every row. No Beam import.
 
-One module (about 400 lines) because its two sources fill one ``RunData`` with the same figures,
-and reading them side by side keeps the two in step.
+Two sources, one shape (``RunData``): Parquet here, BigQuery in ``review.bigquery_data``.
 
-Two sources, one shape (``RunData``):
 
 - **Parquet** (``parquet_run``): the row counts come from each file's footer. The sample is
   ``n`` row numbers drawn at random (seeded) over all description files together; only the row
   groups holding a drawn row are read, a batch at a time, and only the columns the page shows, so
   memory is bounded by one batch whatever the size of the run. Totals (tokens, requests) and the
   failure groups stream the files batch by batch over the few columns they need.
-- **BigQuery** (``bigquery_run``): the same figures from three queries — a seeded
-  ``ORDER BY FARM_FINGERPRINT(...) LIMIT n`` sample, a ``GROUP BY requested_model`` for the
-  totals and a ``GROUP BY stage, error_type`` for the failures — given a google-cloud-bigquery
-  client (``BIGQUERY_EMULATOR_HOST`` points the caller's at an emulator).
+- **BigQuery** (``review.bigquery_data.bigquery_run``): the same figures from three queries.
 
 Values are returned as they are stored; ``review.page`` makes them safe where it renders them.
 """
@@ -47,6 +42,9 @@ CARD_COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
+    "cached_prompt_tokens",
+    "cache_write_tokens",
+    "service_tier",
     "finish_reason",
     "latency_ms",
     "attempts",
@@ -54,7 +52,7 @@ CARD_COLUMNS = (
     "image_width",
     "image_height",
 )
-_DECLARED = {f.name for f in schema.DESCRIPTION_FIELDS}
+DECLARED = {f.name for f in schema.DESCRIPTION_FIELDS}
 _TOTAL_COLUMNS = (
     "requested_model",
     "model",
@@ -64,6 +62,7 @@ _TOTAL_COLUMNS = (
     "completion_tokens",
     "cached_prompt_tokens",
     "cache_write_tokens",
+    "service_tier",
     "attempts",
 )
 _FAILURE_COLUMNS = ("stage", "error_type", "error", "image_id", "attempts")
@@ -79,6 +78,11 @@ class ModelUsage:
     cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
     cache_write_tokens: int = 0  # of prompt_tokens, written to it
 
+    def minus(self, other: ModelUsage) -> ModelUsage:
+        return ModelUsage(
+            *(getattr(self, f.name) - getattr(other, f.name) for f in dataclasses.fields(self))
+        )
+
 
 @dataclasses.dataclass
 class Totals:
@@ -86,6 +90,8 @@ class Totals:
     failed: int = 0
     requests: int = 0  # HTTP attempts recorded on billed description rows and on failures
     by_model: dict[str, ModelUsage] = dataclasses.field(default_factory=dict)  # requested_model
+    # the part of by_model's usage the flex tier served (service_tier "flex"), priced apart
+    flex_by_model: dict[str, ModelUsage] = dataclasses.field(default_factory=dict)
     reported_models: dict[str, int] = dataclasses.field(default_factory=dict)  # model -> rows
     keys: set[str] = dataclasses.field(default_factory=set)  # request_key, MAX_DISTINCT + 1 at most
     distinct_keys: int | None = None  # counted by the source instead (BigQuery)
@@ -145,7 +151,7 @@ def parquet_run(
 ) -> RunData:
     totals = Totals()
     columns = _file_columns(description_files, opener)
-    extra = [c for c in columns if c not in _DECLARED]
+    extra = [c for c in columns if c not in DECLARED]
     cards = sample_parquet(description_files, sample, seed, opener, list(CARD_COLUMNS) + extra)
     for path in description_files:
         with opener(path) as f:
@@ -157,7 +163,7 @@ def parquet_run(
             totals.failed += pf.metadata.num_rows
             _add_failures(groups, pf)
     totals.requests += sum(g.attempts for g in groups.values())
-    return RunData(source, totals, cards, extra, _ordered(groups.values()))
+    return RunData(source, totals, cards, extra, ordered(groups.values()))
 
 
 def _file_columns(files: Sequence[str], opener: Opener) -> list[str]:
@@ -239,9 +245,14 @@ def _add_totals(totals: Totals, pf: pq.ParquetFile) -> None:
         billed = pc.fill_null(billed, True)
         model = table["requested_model"] if "requested_model" in columns else None
         model = pc.fill_null(model, "") if model is not None else pa.repeat("", n)
+        if "service_tier" in columns:
+            tier = pc.if_else(pc.equal(pc.fill_null(table["service_tier"], ""), "flex"), 1, 0)
+        else:
+            tier = pa.repeat(0, n)
         work = pa.table(
             {
                 "requested_model": model,
+                "flex": tier,
                 "billed": pc.cast(billed, pa.int64()),
                 "prompt": _billed_int(table, "prompt_tokens", billed, n),
                 "completion": _billed_int(table, "completion_tokens", billed, n),
@@ -250,7 +261,7 @@ def _add_totals(totals: Totals, pf: pq.ParquetFile) -> None:
                 "attempts": _billed_int(table, "attempts", billed, n),
             }
         )
-        agg = work.group_by("requested_model", use_threads=False).aggregate(
+        agg = work.group_by(["requested_model", "flex"], use_threads=False).aggregate(
             [
                 ([], "count_all"),
                 ("billed", "sum"),
@@ -262,13 +273,16 @@ def _add_totals(totals: Totals, pf: pq.ParquetFile) -> None:
             ]
         )
         for row in agg.to_pylist():
-            usage = totals.by_model.setdefault(row["requested_model"], ModelUsage())
-            usage.rows += row["count_all"]
-            usage.billed_rows += row["billed_sum"] or 0
-            usage.prompt_tokens += row["prompt_sum"] or 0
-            usage.completion_tokens += row["completion_sum"] or 0
-            usage.cached_tokens += row["cached_sum"] or 0
-            usage.cache_write_tokens += row["written_sum"] or 0
+            parts = [totals.by_model.setdefault(row["requested_model"], ModelUsage())]
+            if row["flex"]:
+                parts.append(totals.flex_by_model.setdefault(row["requested_model"], ModelUsage()))
+            for usage in parts:
+                usage.rows += row["count_all"]
+                usage.billed_rows += row["billed_sum"] or 0
+                usage.prompt_tokens += row["prompt_sum"] or 0
+                usage.completion_tokens += row["completion_sum"] or 0
+                usage.cached_tokens += row["cached_sum"] or 0
+                usage.cache_write_tokens += row["written_sum"] or 0
             totals.requests += row["attempts_sum"] or 0
         if "model" in columns:
             counts = pc.value_counts(table["model"]).to_pylist()
@@ -282,16 +296,6 @@ def _add_totals(totals: Totals, pf: pq.ParquetFile) -> None:
             for key in pc.unique(table["request_key"]).to_pylist():
                 if key and len(totals.keys) <= MAX_DISTINCT:
                     totals.keys.add(key)
-
-
-def _cache_sums(names: list[str]) -> str:
-    """The cache columns' sums, for a table that has them (one written before they were added
-    has not)."""
-    out = ""
-    for column, alias in (("cached_prompt_tokens", "cached"), ("cache_write_tokens", "written")):
-        if column in names:
-            out += f"SUM(IF(billed, IFNULL({column}, 0), 0)) AS {alias}, "
-    return out
 
 
 def _billed_int(table: pa.Table, name: str, billed, n: int):
@@ -334,97 +338,5 @@ def _add_failures(groups: dict[tuple[str, str | None], FailureGroup], pf: pq.Par
                 group.ids.extend(i or "(no id)" for i in mine["image_id"][:room].to_pylist())
 
 
-def _ordered(groups: Iterable[FailureGroup]) -> list[FailureGroup]:
+def ordered(groups: Iterable[FailureGroup]) -> list[FailureGroup]:
     return sorted(groups, key=lambda g: (-g.count, g.stage, g.error_type or ""))
-
-
-# -- BigQuery ------------------------------------------------------------------------------------
-def table_id(spec: str) -> str:
-    """``project:dataset.table`` (or dotted) as a standard-SQL id, refusing anything else: the
-    name is put into SQL text, so it must be only a table name."""
-    if not TABLE.match(spec or ""):
-        raise ValueError(f"{spec!r} is not a BigQuery table (project:dataset.table)")
-    return spec.replace(":", ".", 1)
-
-
-def bigquery_run(
-    client: Any, output_table: str, failures_table: str | None, sample: int, seed: int
-) -> RunData:
-    """The run's figures from BigQuery with three queries per table (sample, totals, groups)."""
-    from google.api_core import exceptions as gexc
-    from google.cloud import bigquery
-
-    described = table_id(output_table)
-    failed = table_id(failures_table) if failures_table else None
-
-    def query(sql: str, **params: Any) -> list[dict[str, Any]]:
-        config = bigquery.QueryJobConfig(
-            query_parameters=[
-                bigquery.ScalarQueryParameter(name, "INT64", value)
-                for name, value in params.items()
-            ]
-        )
-        return [dict(r.items()) for r in client.query(sql, job_config=config).result(timeout=120)]
-
-    names = [f.name for f in client.get_table(described).schema]
-    extra = [c for c in names if c not in _DECLARED]
-    chosen = ", ".join(f"`{c}`" for c in [*CARD_COLUMNS, *extra] if c in names)
-    cards = query(
-        f"SELECT {chosen} FROM `{described}` "
-        "ORDER BY FARM_FINGERPRINT(CONCAT(COALESCE(image_id, ''), '|', COALESCE(image_uri, ''), "
-        "'|', CAST(@seed AS STRING))) LIMIT @n",
-        seed=seed,
-        n=max(0, sample),
-    )
-    totals = Totals()
-    for row in query(
-        "SELECT requested_model, COUNT(*) AS n, COUNTIF(billed) AS billed_rows, "
-        "SUM(IF(billed, IFNULL(prompt_tokens, 0), 0)) AS prompt, "
-        "SUM(IF(billed, IFNULL(completion_tokens, 0), 0)) AS completion, "
-        f"{_cache_sums(names)}"
-        f"SUM(IF(billed, attempts, 0)) AS attempts FROM `{described}` GROUP BY requested_model"
-    ):
-        usage = totals.by_model.setdefault(row["requested_model"] or "", ModelUsage())
-        usage.rows += row["n"]
-        usage.billed_rows += row["billed_rows"] or 0
-        usage.prompt_tokens += row["prompt"] or 0
-        usage.completion_tokens += row["completion"] or 0
-        usage.cached_tokens += row.get("cached") or 0
-        usage.cache_write_tokens += row.get("written") or 0
-        totals.requests += row["attempts"] or 0
-        totals.described += row["n"]
-    for row in query(
-        f"SELECT model, COUNT(*) AS n FROM `{described}` GROUP BY model ORDER BY n DESC "
-        f"LIMIT {MAX_DISTINCT}"
-    ):
-        totals.reported_models[row["model"] or ""] = row["n"]
-    keys = query(f"SELECT COUNT(DISTINCT request_key) AS k FROM `{described}`")
-    totals.distinct_keys = keys[0]["k"] if keys else 0
-    groups: list[FailureGroup] = []
-    if failed:
-        try:
-            found = query(
-                "SELECT stage, error_type, COUNT(*) AS n, SUM(attempts) AS attempts, "
-                f"MIN(error) AS example FROM `{failed}` GROUP BY stage, error_type"
-            )
-            # the first ids of each group (ARRAY_AGG ... LIMIT would do, in BigQuery itself)
-            first = query(
-                "SELECT stage, error_type, image_id FROM (SELECT stage, error_type, image_id, "
-                "ROW_NUMBER() OVER (PARTITION BY stage, error_type ORDER BY failed_at, image_id)"
-                f" AS rn FROM `{failed}` WHERE image_id IS NOT NULL) WHERE rn <= {MAX_IDS} "
-                "ORDER BY stage, error_type, rn"
-            )
-        except gexc.NotFound:
-            found, first = [], []  # the job creates it with the first failure row
-        ids: dict[tuple, list[str]] = collections.defaultdict(list)
-        for row in first:
-            ids[(row["stage"] or "", row["error_type"])].append(row["image_id"])
-        for row in found:
-            key = (row["stage"] or "", row["error_type"])
-            groups.append(
-                FailureGroup(*key, row["n"], row["example"] or "", ids[key], row["attempts"] or 0)
-            )
-            totals.failed += row["n"]
-            totals.requests += row["attempts"] or 0
-    where = f"BigQuery {output_table}" + (f", {failures_table}" if failures_table else "")
-    return RunData(where, totals, cards, extra, _ordered(groups))

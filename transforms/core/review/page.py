@@ -1,7 +1,7 @@
 """The review page of a run: one self-contained HTML file, safe to open. No Beam import.
 
-One module (over 400 lines) because it is the HTML of one page, every piece escaped by the same
-``esc`` / ``cell``.
+One module (about 400 lines) because it is the HTML of one page, every piece escaped by the same
+``esc`` / ``cell``; what the answers cost is ``review.costs``.
 
 ``render(run, thumbs, question)`` turns a ``review.data.RunData`` into the page: a header with
 the run's totals and its question, a card per sampled description (thumbnail, answer, structured
@@ -36,7 +36,7 @@ from typing import Any
 from transforms.core.guards import sanitize
 from transforms.core.images import loader as images
 from transforms.core.images import sources as image_sources
-from transforms.core.question import caching, models, pricing
+from transforms.core.review import costs
 from transforms.core.review.data import MAX_DISTINCT, FailureGroup, RunData
 
 THUMB_SIDE = 256
@@ -164,39 +164,9 @@ def _usd(value: float) -> str:
     return f"${value:,.4f}"
 
 
-def _prices(question: Question, requested_model: str | None) -> tuple[float, float]:
-    spec = models.spec_for(requested_model or "")
-    if question.mode == "batch":
-        batch = getattr(models, "batch_prices", None)
-        found = batch(spec, question.prices) if batch else None
-        if found is not None:
-            return found
-    return pricing.prices(spec, question.prices)
-
-
-def _price_kind(question: Question, requested_model: str) -> str:
-    where = "--price_table" if requested_model in question.prices else "list"
-    if question.mode != "batch":
-        return f"{where} prices"
-    online = pricing.prices(models.spec_for(requested_model), question.prices)
-    if _prices(question, requested_model) == online:
-        return f"{where} prices (no batch price known)"
-    return f"batch prices (from {where})"
-
-
 def row_cost(row: Mapping[str, Any], question: Question) -> float:
-    if row.get("billed") is False:
-        return 0.0
-    prices = _prices(question, row.get("requested_model"))
-    return caching.cached_cost(
-        prices,
-        caching.rule_for(models.spec_for(row.get("requested_model") or "")),
-        row.get("prompt_tokens") or 0,
-        row.get("completion_tokens") or 0,
-        row.get("cached_prompt_tokens") or 0,
-        row.get("cache_write_tokens") or 0,
-        "1h" if question.mode == "batch" else "5m",
-    )
+    """USD billed for one row's answer (0 for a row that reused another's)."""
+    return costs.row_cost(row, question.prices, question.mode)
 
 
 def render(
@@ -228,25 +198,8 @@ def render(
 
 def _header(run: RunData, question: Question, sample: int, seed: int, generated: str) -> str:
     t = run.totals
-    cost = 0.0
-    price_lines = []
-    for model, usage in sorted(t.by_model.items()):
-        prices = _prices(question, model)
-        cost += caching.cached_cost(
-            prices,
-            caching.rule_for(models.spec_for(model)),
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            usage.cached_tokens,
-            usage.cache_write_tokens,
-            "1h" if question.mode == "batch" else "5m",
-        )
-        known = prices != (0.0, 0.0)
-        price_lines.append(
-            f"{esc(model)}: {esc(_price_kind(question, model))} ${prices[0]:g} / "
-            f"${prices[1]:g} per 1M input / output"
-            + ("" if known else " (unknown: give them with --price_table)")
-        )
+    cost = costs.run_cost(t, question.prices, question.mode)
+    price_lines = [esc(line) for line in costs.price_lines(t, question.prices, question.mode)]
     reported = ", ".join(
         f"{esc(m)} ({n:,} rows)" for m, n in sorted(t.reported_models.items(), key=lambda i: -i[1])
     )

@@ -192,3 +192,25 @@ def test_a_slow_start_opens_the_slots_one_per_success():
         _, sent = control.acquire()
         control.release(sent, 200)
     assert control.slots.limit == 16
+
+
+def test_capacity_refusals_are_noise_by_their_own_words_and_never_pace():
+    # flex's 429 "resource unavailable": a burst that would read as a limit were it plain 429s
+    clock = Clock()
+    control = Controller(8, clock=clock, sleep=clock.sleep)
+    for i in range(400):
+        clock.t = 0.01 * i
+        control.acquire()
+        control.release(clock.t, 429, 1.0, capacity=i % 2 == 0)
+        if i % 2:
+            control.release(clock.t, 200)
+    plain = Controller(8, clock=clock, sleep=clock.sleep)
+    clock.t = 0.0
+    for i in range(400):
+        clock.t = 0.01 * i
+        plain.release(clock.t, 429, 1.0)
+    assert control.state == CLEAR and control.gate.until <= clock.t
+    counts = control.take_counts()
+    assert counts["backpressure_capacity_429"] == 200
+    assert "backpressure_limit_verdicts" not in counts
+    assert plain.state != CLEAR  # the same share of plain 429s is looked into

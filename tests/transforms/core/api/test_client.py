@@ -458,3 +458,27 @@ def test_a_gemini_429_is_waited_out_like_retry_after_by_the_client():
         result = client.complete(json.loads(json.dumps(body)))
     assert result.ok and result.rate_limited == 1
     assert len(waits) == 1 and 0.75 <= waits[0] <= 0.75 + min(1.0, 0.075 + 0.05) + 1e-9
+
+
+def test_flex_capacity_429s_wait_their_retry_after_and_are_not_a_limit():
+    plan = FaultPlan(script=["flex_unavailable", "flex_unavailable"], retry_after=0.3)
+    control = Controller(4)
+    with RecordingApi(plan) as api:
+        body = _body()
+        body["service_tier"] = "flex"
+        result = _client(api, control=control).complete(body)
+    assert result.ok and result.attempts == 3 and result.rate_limited == 2
+    (first, _), (second, _), (third, _) = next(iter(api.attempts.values()))
+    assert second - first >= 0.3 and third - second >= 0.3
+    assert result.completion.service_tier == "flex"
+    assert not control.limited
+    assert control.take_counts()["backpressure_capacity_429"] == 2
+    assert api.schema_errors == []
+
+
+def test_flex_capacity_429s_that_never_end_say_so():
+    plan = FaultPlan(script=["flex_unavailable"] * 9, retry_after=0.01)
+    with RecordingApi(plan) as api:
+        result = _client(api).complete(_body())
+    assert not result.ok and result.error_type == "capacity_unavailable"
+    assert "Resource Unavailable" in result.error and "gave up after 5 attempts" in result.error

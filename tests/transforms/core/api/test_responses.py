@@ -8,6 +8,7 @@ import pytest
 
 from transforms.core.api.responses import (
     ResponseError,
+    capacity_refusal,
     http_error,
     is_retryable_status,
     parse_completion,
@@ -15,6 +16,7 @@ from transforms.core.api.responses import (
     parse_retry_after,
     request_id,
     retry_after_of,
+    service_tier,
 )
 
 KEY = "sk-responses-test-0123456789abcdef"
@@ -171,3 +173,40 @@ def test_gemini_retry_info_is_read_like_retry_after(payload, seconds):
 
 def test_a_retry_after_header_wins_over_the_body():
     assert retry_after_of({"Retry-After": "3"}, _gemini("37s")) == 3.0
+
+
+def _answer(**extra):
+    return {
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"content": "A cat."}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    "value,tier",
+    [
+        ("flex", "flex"),
+        ("default", "default"),
+        (" Flex ", "flex"),
+        ("priority", "priority"),
+        ("flex; DROP TABLE", None),  # an echoing server does not name a column's value
+        ("x" * 5000, None),
+        (7, None),
+        (None, None),
+    ],
+)
+def test_the_tier_that_served_an_answer_is_read_when_it_names_one(value, tier):
+    assert service_tier(value) == tier
+    assert parse_completion(_answer(service_tier=value)).service_tier == tier
+
+
+def test_a_429_saying_resource_unavailable_is_the_provider_short_of_capacity():
+    flex = b'{"error": {"message": "Resource Unavailable", "code": "resource_unavailable"}}'
+    assert capacity_refusal(429, flex)
+    assert capacity_refusal(429, b"resource unavailable, try later")
+    assert not capacity_refusal(503, flex)  # a 5xx is retried anyway; the words mean a 429
+    assert not capacity_refusal(429, b'{"error": {"message": "Rate limit reached"}}')
+    assert not capacity_refusal(429, None)
+    err = http_error(429, "api.openai.com", {"retry-after": "2"}, flex)
+    assert (err.retryable, err.retry_after, err.error_type) == (True, 2.0, "capacity_unavailable")

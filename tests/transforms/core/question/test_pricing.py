@@ -79,3 +79,26 @@ def test_batch_prices_are_half_of_list_for_openai_and_anthropic():
     claude = models.spec_for("claude-3-5-sonnet-20240620")
     assert pricing.batch_prices(claude, None) == (claude.input_price / 2, claude.output_price / 2)
     assert pricing.batch_prices(models.spec_for("no-such-model"), None) is None
+
+
+def test_flex_is_priced_at_batch_rates_for_the_models_that_take_it():
+    gpt5 = models.spec_for("gpt-5")
+    assert pricing.flex_prices(gpt5, None) == (0.625, 5.0)
+    assert pricing.flex_prices(gpt5, None) == pricing.batch_prices(gpt5, None)
+    assert pricing.flex_prices(models.spec_for("gpt-4o"), None) is None  # no flex tier
+    assert pricing.flex_prices(models.spec_for("acme/vision"), {"acme/vision": (1, 2)}) is None
+    # a --price_table entry is the online price, discounted alike
+    assert pricing.flex_prices(models.spec_for("o3"), {"o3": (4.0, 16.0)}) == (2.0, 8.0)
+
+
+def test_an_answer_is_priced_by_the_tier_that_served_it():
+    mini = models.spec_for("gpt-5-mini")
+    assert pricing.tier_prices(mini, None, "flex") == (0.125, 1.0)
+    assert pricing.tier_prices(mini, None, "default") == (0.25, 2.0)
+    assert pricing.tier_prices(mini, None, None) == (0.25, 2.0)
+    # flex answered for a model with no known flex price: its online price, not a guess
+    assert pricing.tier_prices(models.spec_for("gpt-4o"), None, "flex") == (2.5, 10.0)
+
+
+def test_gemini_batches_are_half_price():
+    assert pricing.batch_prices(models.spec_for("gemini-2.5-flash"), None) == (0.15, 1.25)
