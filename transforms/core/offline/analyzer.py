@@ -76,6 +76,8 @@ def analyse(data: bytes) -> dict:
         grey.thumbnail((512, 512))
     brightness = ImageStat.Stat(grey).mean[0] / 255.0
     edges = grey.filter(ImageFilter.FIND_EDGES)
+    if edges.width > 2 and edges.height > 2:  # Pillow leaves the 1-px border unfiltered
+        edges = edges.crop((1, 1, edges.width - 1, edges.height - 1))
     sharpness = ImageStat.Stat(edges).stddev[0]
     sub = exif.get_ifd(_EXIF_IFD) if exif else {}
     taken = sub.get(_EXIF_DATETIME_ORIGINAL) or exif.get(_EXIF_DATETIME)
@@ -155,10 +157,11 @@ def fill_schema(f: dict, schema: dict) -> dict:
         types = [types] if isinstance(types, str) else list(types or ["string"])
         kind = next((t for t in types if t != "null"), "string")
         lower = name.lower()
-        value = next((v for k, v in facts.items() if k in lower), None)
+        named = next((k for k in facts if k in lower), None)
+        value = facts[named] if named else None
         if "colo" in lower:
             value = colours if kind == "array" else colours[0] if colours else None
-        elif value is None and kind == "string":
+        elif named is None and kind == "string":  # a fact it lacks stays null
             value = describe_facts(f)
         if kind == "integer" and isinstance(value, float):
             value = round(value)
