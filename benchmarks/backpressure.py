@@ -21,7 +21,7 @@ endpoint answering in 20 ms behind them):
 - ``window``: 300 per wall-clock minute, reset on the minute; 429 + ``Retry-After`` = seconds to
   the reset;
 - ``tokens``: 2,500 tokens/s counted per request as ``max_tokens`` + 1 per 400 bytes sent (a
-  burst of 2,500); reported in tokens;
+  burst of 10,000, which holds the largest request); reported in tokens;
 - ``openai`` / ``anthropic``: 300 a minute refilled continuously, with the provider's
   ``x-ratelimit-*`` / ``anthropic-ratelimit-*`` headers on every answer;
 - ``gemini``: the per-minute window answering 429 with no header, the wait in the body's
@@ -184,7 +184,9 @@ def make_limit(shape: str):
     if shape == "window":
         return limiters.FixedWindow(int(60 * r), 60.0), time.time
     if shape == "tokens":
-        return limiters.TokenLimit(TOKENS_PER_S, TOKENS_PER_S), time.monotonic
+        # a bucket of 4 s of tokens, like the request bucket's: it must hold the largest request
+        # (a 900x900 PNG is ~6,000), or that request is refused forever whatever the pace
+        return limiters.TokenLimit(TOKENS_PER_S, 4 * TOKENS_PER_S), time.monotonic
     if shape == "openai":
         return limiters.OpenAIHeaders(int(60 * r)), time.monotonic
     if shape == "anthropic":
@@ -201,7 +203,7 @@ LIMIT_TEXT = {
     "leaky": "leaky bucket 5/s, no burst (our API, nginx's arithmetic)",
     "token": "token bucket 5/s, burst 20",
     "window": "fixed window, 300 per minute, reset on the minute",
-    "tokens": "2,500 tokens/s (token bucket, burst 2,500)",
+    "tokens": "2,500 tokens/s (token bucket, burst 10,000)",
     "openai": "300/min, OpenAI's `x-ratelimit-*` headers",
     "anthropic": "300/min, Anthropic's `anthropic-ratelimit-*` headers",
     "gemini": "300 per minute, Gemini's `RetryInfo` in the 429 body",

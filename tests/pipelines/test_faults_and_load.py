@@ -154,6 +154,31 @@ def test_account_errors_stop_sending_after_a_few_rows(tmp_path, run_job, capsys,
     assert "stopped sending requests" in caplog.text
 
 
+def test_openais_429_insufficient_quota_is_an_account_error_not_a_rate(tmp_path, run_job):
+    """OpenAI answers a spent quota (billing) with 429 ``insufficient_quota``: no wait refills it,
+    so it is an account error like a 402 — three, and the worker stops sending — never a limit
+    to pace under nor a request to retry."""
+    body = {
+        "error": {
+            "message": "You exceeded your current quota, please check your plan and billing.",
+            "type": "insufficient_quota",
+            "code": "insufficient_quota",
+        }
+    }
+    from transforms.core.offline.endpoint import ChatEndpoint
+
+    source, digests = write_input(tmp_path, 40)
+    out = str(tmp_path / "out")
+    with ChatEndpoint(fault=lambda _b, _h: Fault("status", 429, body=body)) as endpoint:
+        run_job(endpoint.base_url, source, out, "--max_concurrency", 2)
+    failures = read_output(out, "failures").to_pylist()
+    assert sorted(f["image_id"] for f in failures) == sorted(digests)
+    assert endpoint.requests <= 3 + 2 + 2  # the threshold, plus what was already under way
+    kinds = {f["error_type"] for f in failures}
+    assert kinds == {"quota_exhausted", "account_stopped"}, kinds
+    assert all(f["attempts"] <= 1 for f in failures)
+
+
 @pytest.mark.slow
 def test_rate_limited_endpoint_without_a_budget_gets_no_429_storm(tmp_path, run_job):
     """No --requests_per_minute, 16 slots, an endpoint allowing 5 requests/s that answers 429 with

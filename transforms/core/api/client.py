@@ -259,9 +259,10 @@ class VisionClient:
             result.latency_ms = (time.perf_counter() - start) * 1000.0
             if self.control is not None:
                 headers = response.headers if response is not None else None
+                incurable = api_responses.incurable_body(status, content)
                 self.control.release(
                     sent_at,
-                    status if content is not None or status == 429 else None,
+                    None if incurable else status if content is not None or status == 429 else None,
                     parse_retry_after(headers) if status == 429 and headers else None,
                     headers,
                     capacity=api_responses.capacity_refusal(status, content),

@@ -452,6 +452,41 @@ def capacity_refusal(status: int | None, content: bytes | None) -> bool:
     return any(words in head for words in _CAPACITY_WORDS)
 
 
+_INCURABLE_HINTS = {
+    "request_too_large": "one request is larger than the rate limit admits at once, so no wait "
+    "lets it through: lower --max_image_side, use --detail low, or lower --max_tokens",
+    "quota_exhausted": "the account's quota or credit is used up; waiting does not refill it",
+}
+
+
+def incurable_429(status: int, message: str, code: str | None) -> tuple[str, bool] | None:
+    """(error type, retryable=False) for a 429 no wait cures, else None: OpenAI's "Request too
+    large for <model> ... on tokens per min" (the request alone exceeds the limit) and its
+    ``insufficient_quota`` ("You exceeded your current quota": billing, not a rate). Retrying
+    either only fills slots and draws more 429s; the first is that row's failure, the second an
+    account error (the worker stops sending after --stop_after_account_errors)."""
+    if status != 429:
+        return None
+    text = (message or "").lower()
+    if "request too large" in text:
+        return "request_too_large", False
+    if (code or "") == "insufficient_quota" or "exceeded your current quota" in text:
+        return "quota_exhausted", False
+    return None
+
+
+_INCURABLE_WORDS = (b"request too large", b"insufficient_quota", b"exceeded your current quota")
+
+
+def incurable_body(status: int | None, content: bytes | None) -> bool:
+    """A 429 whose body says no wait cures it (``incurable_429``'s cases), from its bytes: it
+    says nothing of the pace, so back-pressure does not count it."""
+    if status != 429 or not content:
+        return False
+    head = content[:MAX_ERROR_SCAN].lower()
+    return any(words in head for words in _INCURABLE_WORDS)
+
+
 def http_error(
     status: int,
     host: str,
@@ -485,6 +520,10 @@ def http_error(
     error_type = _ERROR_TYPES.get(status) or ("server_error" if status >= 500 else "http_error")
     if capacity_refusal(status, content):
         error_type = "capacity_unavailable"
+    final = incurable_429(status, message, code)
+    if final:
+        error_type, retryable = final
+        text += f" ({_INCURABLE_HINTS[error_type]})"
     return HttpError(
         message=text,
         error_type="unauthorized" if key_refused else error_type,

@@ -65,6 +65,7 @@ def is_account_error(result: vision_api.CallResult) -> bool:
     proxy refusing the tunnel are the job's mistakes too: no row will fare better."""
     return result.http_status in ACCOUNT_STATUSES or result.error_type in (
         "unauthorized",
+        "quota_exhausted",  # OpenAI's 429 insufficient_quota: billing, not a rate
         "tls",
         "proxy",
     )

@@ -482,3 +482,41 @@ def test_flex_capacity_429s_that_never_end_say_so():
         result = _client(api).complete(_body())
     assert not result.ok and result.error_type == "capacity_unavailable"
     assert "Resource Unavailable" in result.error and "gave up after 5 attempts" in result.error
+
+
+TOO_LARGE = {
+    "error": {
+        "message": "Request too large for gpt-4o in organization org-x on tokens per min (TPM): "
+        "Limit 30000, Requested 36210. The input or output tokens must be reduced in order to "
+        "run successfully.",
+        "type": "tokens",
+        "code": "rate_limit_exceeded",
+    }
+}
+NO_QUOTA = {
+    "error": {
+        "message": "You exceeded your current quota, please check your plan and billing details.",
+        "type": "insufficient_quota",
+        "code": "insufficient_quota",
+    }
+}
+
+
+@pytest.mark.parametrize(
+    "body,error_type,says",
+    [(TOO_LARGE, "request_too_large", "--max_image_side"), (NO_QUOTA, "quota_exhausted", "quota")],
+)
+def test_a_429_no_wait_cures_is_final_and_says_nothing_of_the_pace(body, error_type, says):
+    from transforms.core.offline.endpoint import ChatEndpoint
+
+    control = Controller(4)
+    with ChatEndpoint(fault=lambda _b, _h: Fault("status", 429, body=body)) as ep:
+        client = v.VisionClient(
+            session.new_session("k", 1), ep.base_url, control=control, retry=RetryPolicy(5)
+        )
+        results = [client.complete(_body()) for _ in range(12)]
+    for result in results:
+        assert not result.ok and result.attempts == 1, result.error
+        assert result.error_type == error_type and says in result.error
+    # twelve refusals in a row, and the controller was told none of them: no verdict, no pace
+    assert not control.limited and "backpressure_limit_verdicts" not in control.take_counts()
