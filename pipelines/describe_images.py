@@ -271,7 +271,7 @@ def run(argv: list[str] | None = None, bigquery_client=None):
         print(text, flush=True)
         if opts.review and not dry_run and (opts.output or opts.output_table):
             d = derived(opts)
-            review.review_job(opts, d.output_schema, d.prices)
+            review.review_job(opts, d.output_schema, d.prices, d.cache_prices)
         return result
     finally:
         if endpoint is not None:

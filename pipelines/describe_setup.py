@@ -55,6 +55,7 @@ class Derived:
     dry_run: bool = False
     output_schema: str | None = None  # the schema's text, read from its file when it names one
     prices: dict = dataclasses.field(default_factory=dict)  # --price_table
+    cache_prices: dict = dataclasses.field(default_factory=dict)  # its cached rates, if any
     existing_table: str | None = None  # --skip_existing, when it names a BigQuery table
     existing_pattern: str | None = None  # --skip_existing's Parquet files, when there are any
     output_name: str = "descriptions"  # file prefix: run-stamped when appending to --output
@@ -245,7 +246,9 @@ def _validate_question(opts: DescribeImagesOptions, d: Derived) -> None:
         raise OptionsError("--max_images and --max_cost must be >= 0 (0 = no limit)")
     if opts.price_table:
         try:
-            d.prices = pricing.parse_price_table(_read_text(opts.price_table))
+            text = _read_text(opts.price_table)
+            d.prices = pricing.parse_price_table(text)
+            d.cache_prices = pricing.parse_cache_prices(text)
         except (ValueError, OSError) as exc:
             raise OptionsError(f"--price_table: {exc}") from None
 
@@ -366,5 +369,6 @@ def describe_config(options: PipelineOptions, api_base: str) -> DescribeConfig:
         max_images=worker_count_share(opts.max_images, workers),
         max_cost=worker_share(opts.max_cost, workers),
         price_table=tuple((m, i, o) for m, (i, o) in sorted(d.prices.items())),
+        cache_price_table=tuple((m, c, w) for m, (c, w) in sorted(d.cache_prices.items())),
         run_id=d.run_id,
     )

@@ -255,7 +255,12 @@ def _write(target: str, data: bytes) -> None:
     os.replace(partial, target)  # a reader never sees half a page
 
 
-def review_job(opts: DescribeImagesOptions, output_schema: str | None, prices: dict) -> str:
+def review_job(
+    opts: DescribeImagesOptions,
+    output_schema: str | None,
+    prices: dict,
+    cache_prices: dict | None = None,
+) -> str:
     """``describe_images --review``: the page for the run just finished, with its question."""
     prompt = opts.prompt
     if opts.prompt_template:
@@ -268,7 +273,12 @@ def review_job(opts: DescribeImagesOptions, output_schema: str | None, prices: d
         failures_table=opts.failures_table,
         project=getattr(opts, "project", None),
         question=review_page.Question(
-            prompt, opts.system_prompt, output_schema, prices, getattr(opts, "mode", "online")
+            prompt,
+            opts.system_prompt,
+            output_schema,
+            prices,
+            getattr(opts, "mode", "online"),
+            cache_prices or {},
         ),
         image_options=review_page.thumbnail_options(
             inline_http=opts.inline_http_images,
@@ -293,9 +303,15 @@ def run(argv: list[str] | None = None) -> str:
     sanitize.register_secret(os.environ.get(args.api_key_env or ""))
     try:
         prices = pricing.parse_price_table(args.price_table) if args.price_table else {}
+        cache_prices = pricing.parse_cache_prices(args.price_table) if args.price_table else {}
         networks = tuple(str(n) for n in netguard.parse_networks(args.allow_image_networks))
         question = review_page.Question(
-            args.prompt, args.system_prompt, _read_text(args.output_schema), prices, args.mode
+            args.prompt,
+            args.system_prompt,
+            _read_text(args.output_schema),
+            prices,
+            args.mode,
+            cache_prices or {},
         )
         target = write_review(
             output=args.output,

@@ -277,11 +277,15 @@ def cache_line(
     if not opts.prompt_template:
         repeating.append(opts.prompt or "")
     prefix = sum(image_sizes.text_tokens(t) for t in repeating if t)
-    note = caching.prefix_note(spec, prefix)
+    table = derived(opts).prices
+    own = caching.rule_with_prices(
+        spec, pricing.prices(spec, table)[0], derived(opts).cache_prices.get(opts.model)
+    )
+    note = caching.prefix_note(spec, prefix, own)
     if not note:
         return None
     mode = "batch" if opts.mode == "batch" else "online"
-    rule = caching.applies(spec, mode)
+    rule = caching.applies(spec, mode, own)
     reads, writes = caching.expected_cache(rule, requests, prefix)
     if rule is None:
         note += "; online requests carry no cache_control (only batch lines do): not cached"

@@ -103,3 +103,41 @@ def test_the_review_page_prices_cached_reads_at_their_rate(tmp_path):
         (2000 * 2.5 + 100 * 10) / 1e6
     )
     assert json.dumps(row)  # a plain row, as read back from Parquet or BigQuery
+
+
+def test_a_price_tables_own_cached_rate_is_what_cached_reads_cost(tmp_path, run_job, capsys):
+    """A reseller bills cached reads at its own rate: ``--price_table`` gives ``cached_input``
+    beside ``input``/``output``, and the summary and the review page price the cached reads at
+    it (here 0.9 of the input price, not OpenAI's 0.5), the rest at the table's prices."""
+    source, _ = write_input(tmp_path, 6)
+    out = str(tmp_path / "out")
+    usages = []
+
+    def answer(body):
+        got = sha_answer(body)
+        usages.append(got["usage"])
+        return got
+
+    table = {"gpt-4o": {"input": 2.0, "output": 8.0, "cached_input": 1.8}}
+    with RecordingApi(answer=answer) as api:
+        run_job(api, source, out, "--model", "gpt-4o", "--system_prompt", LONG_SYSTEM,
+                "--max_concurrency", "1", "--price_table", json.dumps(table))  # fmt: skip
+    cached = sum(u["prompt_tokens_details"]["cached_tokens"] for u in usages)
+    assert cached > 0
+    bill = (
+        sum(
+            (u["prompt_tokens"] - u["prompt_tokens_details"]["cached_tokens"]) * 2.0
+            + u["prompt_tokens_details"]["cached_tokens"] * 1.8
+            + u["completion_tokens"] * 8.0
+            for u in usages
+        )
+        / 1e6
+    )
+    summary = capsys.readouterr().out
+    found = re.search(r"cost\s+\$([0-9.,]+) at --price_table prices", summary)
+    assert found and float(found.group(1)) == pytest.approx(bill, rel=0.01, abs=2e-6), summary
+    from transforms.core.review import page
+
+    question = page.Question(prices={"gpt-4o": (2.0, 8.0)}, cache_prices={"gpt-4o": (1.8, None)})
+    rows = read_output(out, "descriptions").to_pylist()
+    assert sum(page.row_cost(r, question) for r in rows) == pytest.approx(bill, rel=1e-6)

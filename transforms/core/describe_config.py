@@ -65,6 +65,8 @@ class DescribeConfig:
     max_images: int = 0  # this worker process's share of --max_images; 0: no limit
     max_cost: float = 0.0  # likewise for --max_cost, US dollars
     price_table: tuple[tuple[str, float, float], ...] = ()  # (model, input, output) $/1M tokens
+    # (model, cached_input or None, cache_write or None) $/1M tokens, from --price_table
+    cache_price_table: tuple[tuple[str, float | None, float | None], ...] = ()
     # one per job run: a process that runs the job twice (a scheduler, a notebook) gets a fresh
     # worker, so its ledger of answers does not carry over from the last run
     run_id: str = ""

@@ -71,7 +71,8 @@ class RequestBuilder:
         self.instructions = structured.instructions(self.schema) if self.schema else None
         self.sent_instructions = sent_instructions(self.spec, self.schema)
         self.prices = pricing.prices(self.spec, {m: (i, o) for m, i, o in cfg.price_table})
-        self.cache_rule = caching.rule_for(self.spec)
+        cache_prices = {m: (c, w) for m, c, w in cfg.cache_price_table}.get(self.spec.id)
+        self.cache_rule = caching.rule_with_prices(self.spec, self.prices[0], cache_prices)
         table = {m: (i, o) for m, i, o in cfg.price_table}
         self.flex_prices = pricing.flex_prices(self.spec, table)
         # what the dry run and the budgets count a request at: the flex rate when flex is asked

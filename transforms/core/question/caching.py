@@ -1,6 +1,8 @@
 """Prompt caching: what a provider charges for the part of a prompt it has seen before, and when
 it caches at all. No Beam import.
 
+A ``--price_table`` may give a reseller's own cached rates (``rule_with_prices``).
+
 Every provider caches a request's *prefix*: the tokens up to a point that are byte-identical to
 an earlier request's. ``request_builder`` lays requests out so the part that repeats from row to
 row (system prompt, schema instructions, a constant prompt) comes before the image; a prefix
@@ -74,6 +76,27 @@ def rule_for(spec: ModelSpec) -> CacheRule | None:
     return None
 
 
+def rule_with_prices(
+    spec: ModelSpec,
+    price_in: float,
+    cache_prices: tuple[float | None, float | None] | None,
+) -> CacheRule | None:
+    """``spec``'s rule with a ``--price_table``'s own cache prices (``(cached_input,
+    cache_write)`` USD per 1M, either None) as its multiples of ``price_in``: a reseller's
+    cached rates. A model with no known rule that is given cache prices gets one (a minimum of
+    1,024 tokens, an assumption: the provider caches, the table says at what price)."""
+    rule = rule_for(spec)
+    if not cache_prices or price_in <= 0:
+        return rule
+    cached, write = cache_prices
+    rule = rule or CacheRule(1024, 1.0)
+    if cached is not None:
+        rule = dataclasses.replace(rule, read=cached / price_in)
+    if write is not None:
+        rule = dataclasses.replace(rule, write_5m=write / price_in, write_1h=write / price_in)
+    return rule
+
+
 def cached_cost(
     prices: tuple[float, float],
     rule: CacheRule | None,
@@ -100,10 +123,11 @@ def cached_cost(
     ) / 1_000_000
 
 
-def prefix_note(spec: ModelSpec, prefix_tokens: int) -> str | None:
+def prefix_note(spec: ModelSpec, prefix_tokens: int, rule: CacheRule | None = None) -> str | None:
     """For the dry run: whether the repeating prefix (``prefix_tokens``) can be cached, in one
-    line; None when the provider's caching is unknown."""
-    rule = rule_for(spec)
+    line; None when the provider's caching is unknown. ``rule``: ``spec``'s, unless given (a
+    ``--price_table``'s cached rates)."""
+    rule = rule or rule_for(spec)
     if rule is None:
         return None
     if prefix_tokens < rule.minimum:
@@ -120,13 +144,13 @@ def prefix_note(spec: ModelSpec, prefix_tokens: int) -> str | None:
     )
 
 
-def applies(spec: ModelSpec, mode: str) -> CacheRule | None:
+def applies(spec: ModelSpec, mode: str, rule: CacheRule | None = None) -> CacheRule | None:
     """The rule that caches this job's requests in ``mode`` ("online" or "batch"), or None: the
     job marks Anthropic's blocks with ``cache_control`` only in its Message Batches lines, so
     Anthropic online requests are not cached; OpenAI caches automatically on every tier (its
     price page lists cached-input prices for Batch and flex too); Gemini's implicit caching is
     documented for online requests only, so a Gemini batch is not counted as cached."""
-    rule = rule_for(spec)
+    rule = rule or rule_for(spec)
     if rule is None or (rule.marked and mode != "batch"):
         return None
     if spec.family == "google" and mode == "batch":

@@ -33,17 +33,37 @@ def cost(
 
 PRICE_TABLE_SHAPE = (
     '{"<model id>": {"input": <USD per 1M input tokens>, "output": <USD per 1M output tokens>}}'
-    ', e.g. {"gpt-4o": {"input": 2.5, "output": 10}}'
+    ', e.g. {"gpt-4o": {"input": 2.5, "output": 10}}, optionally with "cached_input" and '
+    '"cache_write" (USD per 1M cached-read and cache-write tokens)'
 )
+CACHE_KEYS = ("cached_input", "cache_write")
 
 
 def parse_price_table(text: str) -> dict[str, tuple[float, float]]:
     """``--price_table``: inline JSON, or the path of a JSON file, mapping model ids to prices in
-    USD per 1M tokens, ``{"gpt-4o": {"input": 2.5, "output": 10}, ...}``.
+    USD per 1M tokens, ``{"gpt-4o": {"input": 2.5, "output": 10}, ...}``; an entry may also
+    give its cache prices (``cached_input``, ``cache_write``: see ``parse_cache_prices``).
 
     Returns ``{model_id: (input, output)}``. Raises ValueError saying what is wrong and showing
     the expected shape.
     """
+    return {m: (e["input"], e["output"]) for m, e in _entries(text).items()}
+
+
+def parse_cache_prices(text: str) -> dict[str, tuple[float | None, float | None]]:
+    """The cache prices a ``--price_table`` gives (a reseller's own cached rates): ``{model_id:
+    (cached_input, cache_write)}`` in USD per 1M tokens, None for one it leaves out, only for the
+    entries that give either. ``question.caching.rule_with_prices`` turns them into the model's
+    multiples."""
+    out = {}
+    for model_id, entry in _entries(text).items():
+        cached, write = entry.get("cached_input"), entry.get("cache_write")
+        if cached is not None or write is not None:
+            out[model_id] = (cached, write)
+    return out
+
+
+def _entries(text: str) -> dict[str, dict[str, float]]:
     source = "--price_table"
     stripped = (text or "").strip()
     if not stripped:
@@ -71,7 +91,7 @@ def parse_price_table(text: str) -> dict[str, tuple[float, float]]:
             f"{source} must be a JSON object, got {type(table).__name__}; "
             f"expected {PRICE_TABLE_SHAPE}"
         )
-    out: dict[str, tuple[float, float]] = {}
+    out: dict[str, dict[str, float]] = {}
     for model_id, entry in table.items():
         where = f"{source}: {model_id!r}"
         if not model_id.strip():
@@ -87,16 +107,17 @@ def parse_price_table(text: str) -> dict[str, tuple[float, float]]:
                 f"{where} is missing {' and '.join(repr(k) for k in missing)}; "
                 f"expected {PRICE_TABLE_SHAPE}"
             )
-        extra = sorted(set(entry) - {"input", "output"})
+        extra = sorted(set(entry) - {"input", "output", *CACHE_KEYS})
         if extra:
             raise ValueError(
                 f"{where} has unexpected key(s) {', '.join(map(repr, extra))}; "
                 f"expected {PRICE_TABLE_SHAPE}"
             )
-        out[model_id] = (
-            _price(entry["input"], f"{where} input"),
-            _price(entry["output"], f"{where} output"),
-        )
+        out[model_id] = {
+            key: _price(entry[key], f"{where} {key}")
+            for key in ("input", "output", *CACHE_KEYS)
+            if key in entry
+        }
     return out
 
 

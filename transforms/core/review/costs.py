@@ -4,8 +4,9 @@ import.
 An answer is billed at the batch rate in batch mode (where the provider's is known), else by the
 tier its response says served it (``service_tier``: flex at the flex rate, where the model's is
 known), else at the online prices — a ``--price_table`` entry or the catalogue's list prices —
-with its cached reads and cache writes at their own multiples (``question.caching``; a batch's
-cache writes at the 1-hour TTL the job marks them with). ``table`` is ``{model: (input,
+with its cached reads and cache writes at their own multiples (``question.caching``, or the
+``--price_table``'s own cached rates; a batch's cache writes at the 1-hour TTL the job marks
+them with). ``table`` is ``{model: (input,
 output)}`` in USD per 1M tokens, ``mode`` ``"online"`` or ``"batch"``.
 """
 
@@ -18,6 +19,13 @@ from transforms.core.question import caching, models, pricing
 from transforms.core.review.data import ModelUsage, Totals
 
 Table = Mapping[str, tuple[float, float]]
+CacheTable = Mapping[str, tuple]  # --price_table's cached rates: (cached_input, cache_write)
+
+
+def _rule(table: Table, model: str, cache_table: CacheTable | None):
+    spec = models.spec_for(model)
+    own = (cache_table or {}).get(model)
+    return caching.rule_with_prices(spec, pricing.prices(spec, table)[0], own)
 
 
 def prices_for(
@@ -45,11 +53,16 @@ def _ttl(mode: str) -> str:
 
 
 def usage_cost(
-    table: Table, mode: str, model: str, usage: ModelUsage, tier: str | None = None
+    table: Table,
+    mode: str,
+    model: str,
+    usage: ModelUsage,
+    tier: str | None = None,
+    cache_table: CacheTable | None = None,
 ) -> float:
     return caching.cached_cost(
         prices_for(table, mode, model, tier),
-        caching.rule_for(models.spec_for(model)),
+        _rule(table, model, cache_table),
         usage.prompt_tokens,
         usage.completion_tokens,
         usage.cached_tokens,
@@ -58,14 +71,16 @@ def usage_cost(
     )
 
 
-def row_cost(row: Mapping[str, Any], table: Table, mode: str) -> float:
+def row_cost(
+    row: Mapping[str, Any], table: Table, mode: str, cache_table: CacheTable | None = None
+) -> float:
     """USD for one row's answer (0 when it reused another row's: ``billed`` false)."""
     if row.get("billed") is False:
         return 0.0
     model = row.get("requested_model") or ""
     return caching.cached_cost(
         prices_for(table, mode, model, row.get("service_tier")),
-        caching.rule_for(models.spec_for(model)),
+        _rule(table, model, cache_table),
         row.get("prompt_tokens") or 0,
         row.get("completion_tokens") or 0,
         row.get("cached_prompt_tokens") or 0,
@@ -74,15 +89,18 @@ def row_cost(row: Mapping[str, Any], table: Table, mode: str) -> float:
     )
 
 
-def run_cost(totals: Totals, table: Table, mode: str) -> float:
+def run_cost(
+    totals: Totals, table: Table, mode: str, cache_table: CacheTable | None = None
+) -> float:
     """USD for every billed answer of the run: the flex tier's at the flex rate, the rest at
     the run's own."""
     cost = 0.0
     for model, usage in totals.by_model.items():
         flex = totals.flex_by_model.get(model)
-        cost += usage_cost(table, mode, model, usage.minus(flex) if flex else usage)
+        plain = usage.minus(flex) if flex else usage
+        cost += usage_cost(table, mode, model, plain, None, cache_table)
         if flex:
-            cost += usage_cost(table, mode, model, flex, "flex")
+            cost += usage_cost(table, mode, model, flex, "flex", cache_table)
     return cost
 
 

@@ -57,6 +57,8 @@ class Question:
     output_schema: str | None = None
     prices: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     mode: str = "online"  # or "batch": the provider's batch API, billed at its batch prices
+    # --price_table's cached rates: {model: (cached_input, cache_write)} USD per 1M, either None
+    cache_prices: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +168,7 @@ def _usd(value: float) -> str:
 
 def row_cost(row: Mapping[str, Any], question: Question) -> float:
     """USD billed for one row's answer (0 for a row that reused another's)."""
-    return costs.row_cost(row, question.prices, question.mode)
+    return costs.row_cost(row, question.prices, question.mode, question.cache_prices)
 
 
 def render(
@@ -198,7 +200,7 @@ def render(
 
 def _header(run: RunData, question: Question, sample: int, seed: int, generated: str) -> str:
     t = run.totals
-    cost = costs.run_cost(t, question.prices, question.mode)
+    cost = costs.run_cost(t, question.prices, question.mode, question.cache_prices)
     price_lines = [esc(line) for line in costs.price_lines(t, question.prices, question.mode)]
     reported = ", ".join(
         f"{esc(m)} ({n:,} rows)" for m, n in sorted(t.reported_models.items(), key=lambda i: -i[1])

@@ -102,3 +102,28 @@ def test_an_answer_is_priced_by_the_tier_that_served_it():
 
 def test_gemini_batches_are_half_price():
     assert pricing.batch_prices(models.spec_for("gemini-2.5-flash"), None) == (0.15, 1.25)
+
+
+def test_a_price_table_may_give_its_own_cache_prices():
+    text = json.dumps(
+        {
+            "claude-sonnet-4-5": {"input": 3, "output": 15, "cached_input": 0.3, "cache_write": 4},
+            "gpt-4o": {"input": 2.5, "output": 10},
+            "acme/vision": {"input": 1, "output": 2, "cached_input": 0.25},
+        }
+    )
+    assert pricing.parse_price_table(text)["claude-sonnet-4-5"] == (3.0, 15.0)
+    assert pricing.parse_cache_prices(text) == {
+        "claude-sonnet-4-5": (0.3, 4.0),
+        "acme/vision": (0.25, None),
+    }
+    with pytest.raises(ValueError, match="cached_input must be a finite number >= 0"):
+        pricing.parse_cache_prices('{"gpt-4o": {"input": 1, "output": 2, "cached_input": -1}}')
+    from transforms.core.question import caching
+
+    claude = caching.rule_with_prices(models.spec_for("claude-sonnet-4-5"), 3.0, (0.3, 4.0))
+    assert claude.read == pytest.approx(0.1) and claude.write("1h") == pytest.approx(4 / 3)
+    assert claude.marked and claude.minimum == 1024  # the provider's rules stay
+    acme = caching.rule_with_prices(models.spec_for("acme/vision"), 1.0, (0.25, None))
+    assert (acme.read, acme.minimum) == (0.25, 1024)
+    assert caching.rule_with_prices(models.spec_for("acme/vision"), 1.0, None) is None
