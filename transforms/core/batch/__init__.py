@@ -7,12 +7,14 @@ Other rooms use:
 - ``transport``: ``BatchHttp`` (one call to a batch API, on ``api.retry``), ``BatchHttpError``.
 - ``openai_sender``: ``OpenAIBatches``; ``anthropic_sender``: ``AnthropicBatches``.
 - ``manifest``: ``Manifest``, the durable record of submitted batches (``--batch_state``).
-- ``shard``: ``BatchShard``, the driver of one shard from planned references to rows.
+- ``shard``: ``BatchShard``, the driver of one shard from planned references to rows (the
+  rows of an ended batch are made by ``collect``; ``waves`` and ``recovery`` are its helpers).
 """
 
 __all__ = [
     "anthropic_sender",
     "chunks",
+    "collect",
     "manifest",
     "openai_sender",
     "records",

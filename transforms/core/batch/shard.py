@@ -27,9 +27,9 @@ them. A batch refused whole is not paid for, so its lines are submitted again by
 lines of batches that ended are never submitted again.
 
 Memory: bodies go straight to disk (``batch.chunks``); what stays in memory per row is its id and
-reference. One module for the four steps: they share the shard's groups and records (the
-cap and the queue of waiting batches are ``batch.waves``; sending and re-queueing stay here
-because they move the groups' records).
+reference. Steps 1 to 3 are here, sharing the shard's groups and records (the cap and the queue
+of waiting batches are ``batch.waves``; sending and re-queueing stay here because they move the
+groups' records); step 4, an ended batch into rows, is ``batch.collect``.
 """
 
 from __future__ import annotations
@@ -45,15 +45,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from transforms.core.api import client as vision_api
 from transforms.core.batch.anthropic_sender import AnthropicBatches, use_anthropic_headers
 from transforms.core.batch.chunks import Chunk, ChunkWriter
+from transforms.core.batch.collect import LineGroup, ResultsCollector, log_progress
 from transforms.core.batch.manifest import Manifest
 from transforms.core.batch.openai_sender import OpenAIBatches
 from transforms.core.batch.records import (
     BatchConfig,
     BatchRecord,
-    LineOutcome,
     chunk_key,
     custom_id,
 )
@@ -61,39 +60,20 @@ from transforms.core.batch.recovery import recover
 from transforms.core.batch.transport import BatchHttp, BatchHttpError
 from transforms.core.batch.waves import Waves, refused_for_capacity
 from transforms.core.describe_config import (
-    DESCRIPTIONS,
     FAILURES,
     DescribeConfig,
     plan_ref,
 )
-from transforms.core.guards import sanitize
-from transforms.core.images import loader as images
 from transforms.core.images import sources
-from transforms.core.question import answers, pricing, prompts
+from transforms.core.question import pricing, prompts
 from transforms.core.row_builders import (
-    answer_columns,
-    description_row,
     failure_row,
     group_refs,
     internal_failure_rows,
-    utc_now,
 )
 from transforms.core.worker_parts import worker_parts
 
 _LOGGER = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class _Group:
-    """The rows asking one line (custom_id) in this shard."""
-
-    refs: list
-    image: images.PreparedImage  # url dropped: only the columns rows need
-    estimate: int = 0
-    estimated_cost: float = 0.0
-    record: str | None = None  # the manifest key of the batch holding the line
-    new: bool = False  # submitted by this run
-    done: bool = False
 
 
 def make_sender(bcfg: BatchConfig, http: BatchHttp, api_base: str, text_repeats: bool = False):
@@ -105,7 +85,7 @@ def make_sender(bcfg: BatchConfig, http: BatchHttp, api_base: str, text_repeats:
     return OpenAIBatches(http, api_base)
 
 
-class BatchShard:
+class BatchShard(ResultsCollector):
     """Per DoFn instance: the parts a shard needs (sender, manifest, loader, budget)."""
 
     def __init__(
@@ -161,7 +141,7 @@ class BatchShard:
         for r in records.values():  # earlier runs' batches still running count against the cap
             if r.batch_id and not r.ended:
                 self.waves.running(r, new=False)
-        groups: dict[str, _Group] = {}
+        groups: dict[str, LineGroup] = {}
         mine: set[str] = set()
         folder = tempfile.mkdtemp(prefix="vision-enrich-batch-")
         try:
@@ -243,7 +223,7 @@ class BatchShard:
             prepared, ref["prompt"], self.loader.options.max_side
         )
         image = dataclasses.replace(prepared, url="")
-        group = _Group(refs, image, estimate, estimated_cost)
+        group = LineGroup(refs, image, estimate, estimated_cost)
         if cid in known:
             group.record = known[cid]
             mine.add(group.record)
@@ -385,7 +365,7 @@ class BatchShard:
                     failed_polls = True  # back off before trying again
                     still.append(key)
                     continue
-                _log_progress(record)
+                log_progress(record)
                 if record.ended:
                     self.waves.ended(key)
                     yield from self._collect(record, groups)
@@ -418,102 +398,3 @@ class BatchShard:
                 pending,
                 ", ".join(records[k].batch_id or k for k in waiting),
             )
-
-    def _collect(self, record: BatchRecord, groups) -> Iterator[tuple[str, dict]]:
-        mine = {
-            cid
-            for cid in record.custom_ids
-            if cid in groups and not groups[cid].done and groups[cid].record == record.key
-        }
-        if not mine:
-            return
-        if record.state == "failed":
-            for cid in sorted(mine):
-                yield from self._finish(
-                    groups[cid],
-                    None,
-                    "batch_refused",
-                    f"the provider refused the batch {record.batch_id}: {record.error}",
-                )
-            return
-        try:
-            for outcome in self.sender.results(record):
-                if outcome.custom_id in mine:
-                    mine.discard(outcome.custom_id)
-                    yield from self._answer(groups[outcome.custom_id], outcome)
-        except BatchHttpError as exc:
-            for cid in sorted(mine):
-                yield from self._finish(
-                    groups[cid],
-                    None,
-                    "batch_results_unreadable",
-                    f"the results of batch {record.batch_id} could not be read ({exc.message}); "
-                    "rerun the same command to collect them again",
-                )
-            return
-        why = {
-            "expired": ("batch_expired", "the batch expired before this request ran"),
-            "cancelled": ("batch_cancelled", "the batch was cancelled before this request ran"),
-        }.get(record.state, ("batch_missing", "the batch ended without a result for this line"))
-        for cid in sorted(mine):
-            yield from self._finish(
-                groups[cid], None, why[0], f"{why[1]} (batch {record.batch_id})"
-            )
-
-    def _finish(self, group, request_id, error_type, error, status=None, stage="request"):
-        group.done = True
-        yield from self._fail(group.refs, stage, error, error_type, status, request_id, 1)
-
-    def _answer(self, group: _Group, outcome: LineOutcome) -> Iterator[tuple[str, dict]]:
-        if outcome.completion is None:
-            yield from self._finish(
-                group,
-                outcome.request_id,
-                outcome.error_type or "batch_line_error",
-                outcome.error or "(no message)",
-                outcome.http_status,
-            )
-            return
-        c = outcome.completion
-        done_t = c.completion_tokens or 0
-        self.counts["prompt_tokens"] += c.prompt_tokens or 0
-        self.counts["completion_tokens"] += done_t
-        # in millionths of a dollar, unrounded: the DoFn rounds the run's sum once
-        self.counts["cost_microdollars"] += self.asker.answer_cost(c, group.estimate) * 1e6
-        self.counts["batch_cost_microdollars"] += (
-            self.asker.answer_cost(c, group.estimate, self.batch_prices, ttl="1h") * 1e6
-        )
-        try:
-            extra = self.asker.parse(c.content)
-        except answers.AnswerError as exc:
-            yield from self._finish(
-                group,
-                c.response_id,
-                "invalid_answer",
-                sanitize.text(self.asker.invalid_message(exc, 1)),
-                200,
-                "response",
-            )
-            return
-        group.done = True
-        result = vision_api.CallResult(attempts=1, http_status=200)
-        now = utc_now()
-        for i, ref in enumerate(group.refs):
-            columns = answer_columns(group.image, result, c, self.cfg, _keyed(ref, group), extra)
-            yield DESCRIPTIONS, description_row(ref, columns, i == 0, now)
-
-
-def _keyed(ref: dict, group: _Group) -> dict:
-    return ref if "request_key" in ref else {**ref, "request_key": group.refs[0]["request_key"]}
-
-
-def _log_progress(record: BatchRecord) -> None:
-    c = record.counts or {}
-    _LOGGER.info(
-        "batch %s: %s, %d of %d requests done, %d failed",
-        record.batch_id or record.key,
-        record.state,
-        c.get("completed", 0),
-        c.get("total", record.lines),
-        c.get("failed", 0),
-    )
