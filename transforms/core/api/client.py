@@ -263,11 +263,27 @@ class VisionClient:
                 self.control.release(
                     sent_at,
                     None if incurable else status if content is not None or status == 429 else None,
-                    parse_retry_after(headers) if status == 429 and headers else None,
+                    self._wait_asked(status, headers, content),
                     headers,
                     capacity=api_responses.capacity_refusal(status, content),
                 )
         return self._interpret(status, response.headers, content)
+
+    def _wait_asked(
+        self, status: int | None, headers: Mapping[str, str] | None, content: bytes | None
+    ) -> float | None:
+        """A 429's wait for the controller: its Retry-After (or kin), else Gemini's
+        ``RetryInfo.retryDelay`` in the body — a fixed window's reset is read from either."""
+        if status != 429:
+            return None
+        wait = parse_retry_after(headers) if headers else None
+        if wait is None and content:
+            try:
+                payload = api_responses.loads(content)
+            except ValueError:
+                return None
+            wait = api_responses.retry_after_of(headers or {}, payload)
+        return wait
 
     def _send(self, data: bytes, attempt_deadline: float) -> requests.Response:
         """Send and wait for the headers (``stream=True``: the body is read by ``_read``)."""

@@ -520,3 +520,28 @@ def test_a_429_no_wait_cures_is_final_and_says_nothing_of_the_pace(body, error_t
         assert result.error_type == error_type and says in result.error
     # twelve refusals in a row, and the controller was told none of them: no verdict, no pace
     assert not control.limited and "backpressure_limit_verdicts" not in control.take_counts()
+
+
+def test_geminis_body_wait_reaches_the_controller_so_a_windows_reset_is_read():
+    """Gemini's 429 says when to come back only in its body (RetryInfo.retryDelay), counting
+    down to the minute's reset: the controller must get that wait, not just the request, or it
+    never sees the reset and takes the window for a quota spent with no end."""
+    from transforms.core.offline.endpoint import ChatEndpoint
+
+    reset_at = time.time() + 20.0
+
+    def gemini(_body, _headers):
+        delay = f"{reset_at - time.time():.3f}s"
+        info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}
+        body = [{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [info]}}]
+        return Fault("status", 429, body=body)
+
+    control = Controller(8)
+    with ChatEndpoint(fault=gemini) as ep:
+        client = v.VisionClient(
+            session.new_session("k", 1), ep.base_url, control=control, retry=RetryPolicy(0)
+        )
+        for _ in range(6):
+            assert client.complete(_body()).http_status == 429
+    assert control.resets.count == 1
+    assert control.gate.until > time.monotonic() + 15  # everyone waits for the reset
