@@ -438,6 +438,21 @@ class Controller:
             search.rate,
             f"{search.ceiling:.2f}" if search.ceiling else "none",
         )
+        if search.noise_seen:
+            # cut by a quarter across the last rounds and the 429s did not fall: the provider's
+            # noise (a limit since lifted, or noise the test took for a limit by chance)
+            self.noise = max(self.noise, search.floor)
+            self.state = CLEAR
+            self._settle_paced(now)
+            self._paced_from = None
+            self._recent.clear()
+            self._counts["backpressure_noise_verdicts"] += 1
+            _LOGGER.info(
+                "back-pressure: the 429s stayed at %.0f%% while the pace was cut by a quarter: "
+                "the provider's noise, not a limit; pacing off",
+                100 * search.floor,
+            )
+            return
         # the limit no longer binds: we send well under the pace for a while
         sends = self._sends
         while sends and sends[0] < now - 10.0:

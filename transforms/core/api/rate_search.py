@@ -32,12 +32,14 @@ class RateSearch:
         self.ceiling = max(ceiling, self.rate) if ceiling else None
         self.good: float | None = None  # the pace of the last round that did not
         self.past: collections.deque = collections.deque(maxlen=12)  # (pace, share) per round
+        self._sizes: collections.deque = collections.deque(maxlen=12)  # answers per round
         self._floor = noise  # what the tests before found, until rounds say better
         self._quiet = 0
         self._probe_wait = 2  # quiet rounds at the ceiling before a probe past it
         self._step = 0.02  # a probe's step past the ceiling; doubles while probes find none
         self._probing = False  # the pace is past the last ceiling found
         self._spent = False  # the last round had every answer refused (a quota spent for now)
+        self.noise_seen = False  # the 429s did not fall as the pace was cut: not a limit's
         self.rounds = self.cuts = 0
         self._begin(now)
 
@@ -48,11 +50,31 @@ class RateSearch:
     def floor(self) -> float:
         """The provider's own share of 429s, whatever the pace: the mean share of the last
         rounds sent at least 8 % slower than this one (a limit's 429s grow with the pace past
-        it, noise's do not), kept from the last time there were two such rounds; until then
-        the noise the tests found."""
+        it, noise's do not), kept from the last time there were two such rounds, or of the
+        last rounds when the pace fell by a quarter across them and their 429s did not; until
+        then the noise the tests found."""
         slower = [share for pace, share in self.past if pace <= 0.92 * self.rate]
         if len(slower) >= 2:
             self._floor = sum(slower) / len(slower)
+        # cut round after round by a quarter or more, and the 429s did not fall with the pace:
+        # they are the provider's own (a limit lifted under noise, or noise taken for a limit),
+        # not a limit's, which would all but vanish below it
+        last = list(zip(self.past, self._sizes))[-8:]
+        recent = sorted(pair for pair, _ in last)
+        if len(recent) >= 4 and recent[-1][0] >= 1.25 * recent[0][0]:
+            half = len(recent) // 2
+            slow = sum(s for _, s in recent[:half]) / half
+            fast = sum(s for _, s in recent[-half:]) / half
+            mean = sum(s for _, s in recent) / len(recent)
+            n = sum(size for _, size in last) / len(last)
+            spread = sum((s - mean) ** 2 for _, s in recent) / len(recent)
+            # noise refuses some requests, never most (a spent quota is no floor), and as a
+            # coin does, round after round: its shares spread no wider than chance's (a
+            # window's quota, spent and renewed, swings from none refused to all)
+            steady = spread <= 2.5 * mean * (1 - mean) / max(1.0, n)
+            if 0 < fast < 0.5 and slow >= 0.75 * fast and steady:
+                self._floor = max(self._floor, mean)
+                self.noise_seen = True
         return self._floor
 
     def window(self, quota_rate: float, now: float) -> None:
@@ -97,6 +119,7 @@ class RateSearch:
         self.rounds += 1
         rate = self.rate
         self.past.append((rate, share))
+        self._sizes.append(n)
         spent, self._spent = self._spent, k == n
         if k == n and spent:
             # nothing accepted again: a quota spent until its reset (a window whose 429s do not
@@ -132,12 +155,15 @@ class RateSearch:
 
     def _raise(self, rate: float, k: int) -> str:
         """Climb: fast while no ceiling is known, halfway to just under it, then a probe past
-        it every ``_probe_wait`` quiet rounds, of 2 %, doubled each time it finds no limit
-        (a ceiling found by chance, or a limit since raised, is soon left behind)."""
+        it every ``_probe_wait`` quiet rounds, of 2 %, doubled each time it finds no limit —
+        no 429, or none beyond a known noise floor — (a ceiling found by chance, or a limit
+        since raised or lifted, is soon left behind)."""
         self.good = rate
         if self._probing:  # past the old ceiling without excess: the limit may have risen
             self._probe_wait = max(2, self._probe_wait // 2)
-            if k == 0:  # without a single 429: probe further
+            # without a single 429, or with only the provider's own (a noise floor is known,
+            # and a round within it says as much as a clean one): probe further
+            if k == 0 or self._floor >= 0.02:
                 self._step = min(0.25, 2 * self._step)
         c = self.ceiling
         if c is None:

@@ -214,3 +214,40 @@ def test_capacity_refusals_are_noise_by_their_own_words_and_never_pace():
     assert counts["backpressure_capacity_429"] == 200
     assert "backpressure_limit_verdicts" not in counts
     assert plain.state != CLEAR  # the same share of plain 429s is looked into
+
+
+class _LiftedLimit:
+    """A limit for the first ``until`` seconds of the run, then only the provider's noise."""
+
+    def __init__(self, until, noise=0.08):
+        self.limit = limiters.TokenBucket(5.0, 20)
+        self.noise = limiters.RandomRefusals(noise, seed=7)
+        self.until, self.start = until, None
+        self.rate = None
+
+    def __call__(self, now, cost=1.0):
+        self.start = now if self.start is None else self.start
+        return (self.limit if now - self.start < self.until else self.noise)(now, cost)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_limit_that_goes_away_under_noise_is_left_behind(seed):
+    """Paced under a limit, the limit lifts and only the provider's noise (8 % of 429s at random,
+    whatever the rate) remains: the rounds' 429s no longer fall as the pace falls, so they are
+    the floor, not a limit — the pace climbs back instead of being cut round after round to
+    nothing (which a noise verdict missed by chance would do too)."""
+    result = run(_LiftedLimit(20.0), seconds=240, concurrency=32, seed=seed)
+    never = run(
+        limiters.RandomRefusals(0.08, seed=7),
+        seconds=240,
+        concurrency=32,
+        seed=seed,
+        options={"min_429s": 10**9},
+    )
+    start = 180.0  # the last minute of the run
+    assert never.accepted_rate(start) > 100  # the noise alone leaves the pipe full
+    assert result.accepted_rate(start) >= 0.9 * never.accepted_rate(start), (
+        result.accepted_rate(start),
+        never.accepted_rate(start),
+        result.control.rate,
+    )
