@@ -1,4 +1,6 @@
 """vision-enrich against the alternatives, in one run, on the same images and the same endpoint.
+(One script over 400 lines because the rivals must be measured side by side, in one process
+that owns the endpoint, the images and the plot.)
 
     pip install -e ".[bench]"
     python -m benchmarks.compare                 # everything; figures and plot for README.md
