@@ -17,7 +17,7 @@ from transforms.core.question import models
 from transforms.write_bigquery import METHODS as WRITE_METHODS
 
 LOCAL = "local"
-TABLE_SPEC = re.compile(r"^[A-Za-z0-9_.:-]+[:.][A-Za-z0-9_]+\.[A-Za-z0-9_$-]+$")
+TABLE_SPEC = re.compile(r"^[A-Za-z0-9_.:-]+[:.][A-Za-z0-9_]+\.[A-Za-z0-9_$-]+\Z")
 
 
 def flag(text: str) -> bool:

@@ -66,7 +66,7 @@ _TOTAL_COLUMNS = (
     "attempts",
 )
 _FAILURE_COLUMNS = ("stage", "error_type", "error", "image_id", "attempts")
-TABLE = re.compile(r"^[A-Za-z0-9_.-]+[:.][A-Za-z0-9_]+\.[A-Za-z0-9_$-]+$")
+TABLE = re.compile(r"^[A-Za-z0-9_.-]+[:.][A-Za-z0-9_]+\.[A-Za-z0-9_$-]+\Z")
 
 
 @dataclasses.dataclass
