@@ -70,18 +70,15 @@ class RequestBuilder:
         self.template, self.schema = question(cfg)
         self.instructions = structured.instructions(self.schema) if self.schema else None
         self.sent_instructions = sent_instructions(self.spec, self.schema)
-        self.prices = pricing.prices(self.spec, {m: (i, o) for m, i, o in cfg.price_table})
+        table = {m: (i, o) for m, i, o in cfg.price_table}
+        self.prices = pricing.prices(self.spec, table)
         cache_prices = {m: (c, w) for m, c, w in cfg.cache_price_table}.get(self.spec.id)
         self.cache_rule = caching.rule_with_prices(self.spec, self.prices[0], cache_prices)
-        table = {m: (i, o) for m, i, o in cfg.price_table}
-        self.flex_prices = pricing.flex_prices(self.spec, table)
-        # what the dry run and the budgets count a request at: the flex rate when flex is asked
-        # for (the answers' own tier prices them once they arrive)
-        self.estimate_prices = (
-            self.flex_prices
-            if cfg.chat.service_tier == "flex" and self.flex_prices is not None
-            else self.prices
-        )
+        # a flex answer's prices (the online ones where no flex price is known), and what the
+        # dry run and the budgets count a request at: the tier asked for (the answers' own tier
+        # prices them once they arrive)
+        self.flex_prices = pricing.tier_prices(self.spec, table, "flex")
+        self.estimate_prices = pricing.tier_prices(self.spec, table, cfg.chat.service_tier)
 
     def answer_cost(
         self,
@@ -95,9 +92,7 @@ class RequestBuilder:
         it): plain prompt tokens, cached reads and cache writes each at their own rate
         (``question.caching``); the estimate stands in for a missing prompt count."""
         if prices is None:
-            prices = self.prices
-            if getattr(c, "service_tier", None) == "flex" and self.flex_prices is not None:
-                prices = self.flex_prices
+            prices = self.flex_prices if c.service_tier == "flex" else self.prices
         return caching.cached_cost(
             prices,
             self.cache_rule,

@@ -442,10 +442,7 @@ class Controller:
             # cut by a quarter across the last rounds and the 429s did not fall: the provider's
             # noise (a limit since lifted, or noise the test took for a limit by chance)
             self.noise = max(self.noise, search.floor)
-            self.state = CLEAR
-            self._settle_paced(now)
-            self._paced_from = None
-            self._recent.clear()
+            self._pacing_off(now)
             self._counts["backpressure_noise_verdicts"] += 1
             _LOGGER.info(
                 "back-pressure: the 429s stayed at %.0f%% while the pace was cut by a quarter: "
@@ -458,11 +455,15 @@ class Controller:
         while sends and sends[0] < now - 10.0:
             sends.popleft()
         if now - self._quiet_from > 10.0 and len(sends) / 10.0 < search.rate / 3:
-            self.state = CLEAR
-            self._settle_paced(now)
-            self._paced_from = None
-            self._recent.clear()
+            self._pacing_off(now)
             _LOGGER.info("back-pressure: the limit no longer binds; pacing off")
+
+    def _pacing_off(self, now: float) -> None:
+        """Back to full speed (CLEAR), the time paced counted."""
+        self.state = CLEAR
+        self._settle_paced(now)
+        self._paced_from = None
+        self._recent.clear()
 
     def _read_hints(self, headers: Mapping[str, str], now: float) -> None:
         said = header_pace(

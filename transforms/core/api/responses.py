@@ -446,10 +446,7 @@ def capacity_refusal(status: int | None, content: bytes | None) -> bool:
     """A 429 that says the provider is short of capacity, not that the account is over a limit:
     OpenAI's flex tier answers ``429 Resource Unavailable`` (not billed) when it cannot serve.
     Sending slower does not cure it, so back-pressure treats it as the provider's noise."""
-    if status != 429 or not content:
-        return False
-    head = content[:MAX_ERROR_SCAN].lower()
-    return any(words in head for words in _CAPACITY_WORDS)
+    return _429_says(status, content, _CAPACITY_WORDS)
 
 
 _INCURABLE_HINTS = {
@@ -481,10 +478,15 @@ _INCURABLE_WORDS = (b"request too large", b"insufficient_quota", b"exceeded your
 def incurable_body(status: int | None, content: bytes | None) -> bool:
     """A 429 whose body says no wait cures it (``incurable_429``'s cases), from its bytes: it
     says nothing of the pace, so back-pressure does not count it."""
+    return _429_says(status, content, _INCURABLE_WORDS)
+
+
+def _429_says(status: int | None, content: bytes | None, words: tuple[bytes, ...]) -> bool:
+    """A 429 whose body's head holds any of ``words`` (lower case)."""
     if status != 429 or not content:
         return False
     head = content[:MAX_ERROR_SCAN].lower()
-    return any(words in head for words in _INCURABLE_WORDS)
+    return any(w in head for w in words)
 
 
 def http_error(
