@@ -193,27 +193,25 @@ def every_row_failed(totals: dict[str, float]) -> bool:
 
 
 def run_prices(opts: DescribeImagesOptions) -> tuple[tuple[float, float], str]:
-    """(input, output) USD per 1M tokens the run is billed at, and where they come from: the
-    batch rate with --mode batch, the flex rate with --service_tier flex (where the model's is
-    known), else the online (list or --price_table) prices."""
+    """(input, output) USD per 1M tokens the run is billed at (``pricing.billed_prices``: the
+    batch rate with --mode batch, the flex rate with --service_tier flex, where the model's is
+    known, else the online prices), and where they come from."""
     spec = models.spec_for(opts.model)
     table = derived(opts).prices
     online = pricing.prices(spec, table)
+    mode = "batch" if opts.mode == "batch" else "online"
+    billed = pricing.billed_prices(spec, table, mode, opts.service_tier)
     where = "--price_table" if opts.model in table else "list"
-    if opts.mode == "batch":
-        batch = pricing.batch_prices(spec, table)
-        if batch is not None:
-            return batch, f"batch prices (half the {where} prices)"
-        return online, f"{where} prices (no batch price known)"
-    if opts.service_tier == "flex":
-        flex = pricing.flex_prices(spec, table)
-        if flex is not None:
-            return (
-                flex,
-                f"flex prices (half the {where} prices; answers not served on flex at {where})",
-            )
-        return online, f"{where} prices (no flex price known)"
-    return online, f"{where} prices"
+    if mode == "batch":
+        kind = f"batch prices (half the {where} prices)"
+    elif opts.service_tier == "flex":
+        kind = f"flex prices (half the {where} prices; answers not served on flex at {where})"
+    else:
+        return online, f"{where} prices"
+    known = (pricing.batch_prices if mode == "batch" else pricing.flex_prices)(spec, table)
+    if known is None:
+        return online, f"{where} prices (no {'batch' if mode == 'batch' else 'flex'} price known)"
+    return billed, kind
 
 
 def _price_source(opts: DescribeImagesOptions) -> str:

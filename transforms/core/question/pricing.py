@@ -185,3 +185,18 @@ def tier_prices(
         if flex is not None:
             return flex
     return prices(spec, table)
+
+
+def billed_prices(
+    spec: ModelSpec,
+    table: Mapping[str, tuple[float, float]] | None,
+    mode: str = "online",
+    tier: str | None = None,
+) -> tuple[float, float]:
+    """What an answer is billed at: the batch rate in batch mode (where the provider's is
+    known), else by the tier that served it (``tier_prices``)."""
+    if mode == "batch":
+        batch = batch_prices(spec, table)
+        if batch is not None:
+            return batch
+    return tier_prices(spec, table, tier)

@@ -31,12 +31,7 @@ def _rule(table: Table, model: str, cache_table: CacheTable | None):
 def prices_for(
     table: Table, mode: str, model: str | None, tier: str | None = None
 ) -> tuple[float, float]:
-    spec = models.spec_for(model or "")
-    if mode == "batch":
-        found = pricing.batch_prices(spec, table)
-        if found is not None:
-            return found
-    return pricing.tier_prices(spec, table, tier)
+    return pricing.billed_prices(models.spec_for(model or ""), table, mode, tier)
 
 
 def price_kind(table: Table, mode: str, model: str) -> str:
