@@ -8,8 +8,12 @@ Throughput figures are in benchmarks/backpressure.py and benchmarks/throughput.p
 here: the bounds below are loose enough for a loaded 2-core machine, and the previous controller
 broke several of them (a third of all requests refused by a sliding window)."""
 
+import json
 import logging
+import socket
 import sys
+import time
+import urllib.parse
 
 import pytest
 
@@ -17,6 +21,7 @@ from pipelines import describe_images as job
 from tests.pipelines.conftest import KEY, read_output, write_input
 from tests.support import limiters
 from tests.support.fake_api import FaultPlan, RecordingApi
+from transforms.core import describe_config, request_builder
 
 
 @pytest.mark.slow
@@ -269,3 +274,40 @@ def test_rate_limit_flags_are_checked(tmp_path):
         with pytest.raises(SystemExit) as exited:
             job.run(["--input", "examples/images.parquet", "--output", str(tmp_path), *flags])
         assert words in str(exited.value)
+
+
+@pytest.mark.parametrize("stamp", ["headers", "parsed"])
+def test_our_limits_are_timed_as_nginx_times_them_or_after_the_body_when_asked(stamp):
+    """The benchmark's and these tests' limits take the time nginx's ``limit_req`` takes (its
+    headers read, before the body), unless told to take it after the body is read and parsed;
+    ``lags`` says how far apart the two were. A request whose body comes 0.3 s after its
+    headers shows which one the limit was given."""
+    given = []
+
+    def record(now, cost=1.0):
+        given.append(now)
+        return limiters.Decision(True)
+
+    body = json.dumps(
+        request_builder.build_request("https://example.org/cat.jpg", describe_config.ChatConfig())
+    ).encode()
+    with limiters.ShapedApi(record, latency=0.0, stamp=stamp) as api:
+        url = urllib.parse.urlsplit(api.base_url)
+        with socket.create_connection((url.hostname, url.port), timeout=10) as conn:
+            head = (
+                f"POST {url.path}/chat/completions HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            headers_sent = time.monotonic()
+            conn.sendall(head.encode())
+            time.sleep(0.3)
+            body_sent = time.monotonic()
+            conn.sendall(body)
+            status = conn.makefile("rb").readline()
+    assert status.split()[1:2] == [b"200"], status
+    assert len(given) == 1 and len(api.lags) == 1
+    assert api.lags[0] >= 0.28  # the decision came after the body, whichever time it was given
+    if stamp == "headers":
+        assert headers_sent <= given[0] < body_sent
+    else:
+        assert given[0] >= body_sent
