@@ -454,6 +454,7 @@ def simulate(
     slot_waiters: collections.deque = collections.deque()
     done = gave_up = 0
     remaining = [items]
+    costs: dict = {}
 
     def at(t, fn, *args):
         nonlocal seq
@@ -465,6 +466,7 @@ def simulate(
             if remaining[0] <= 0:
                 return
             remaining[0] -= 1
+        costs[thread] = cost(rng)  # a row's request costs the same on every try
         want_slot(thread, 0)
 
     def want_slot(thread, tries):
@@ -482,7 +484,7 @@ def simulate(
             return
         sent_at = clock.t
         arrive = sent_at + rng.expovariate(1 / jitter) if jitter else sent_at
-        at(arrive, arrive_at, thread, tries, sent_at, cost(rng))
+        at(arrive, arrive_at, thread, tries, sent_at, costs[thread])
 
     def arrive_at(thread, tries, sent_at, c):
         decision = limit(clock.t, c)
@@ -495,7 +497,8 @@ def simulate(
         retry_after = decision.retry_after
         if not decision.ok and retry_after is None and decision.body is not None:
             retry_after = _body_delay(decision.body)
-        control.release(sent_at, status, retry_after if not decision.ok else None, decision.headers)
+        retry_after = retry_after if not decision.ok else None
+        control.release(sent_at, status, retry_after, decision.headers, again=tries > 0)
         if slot_waiters:
             waiter = slot_waiters.popleft()
             at(clock.t, want_slot, *waiter)

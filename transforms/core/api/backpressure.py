@@ -54,7 +54,12 @@ import time
 from collections.abc import Callable, Mapping
 
 from transforms.core.api.rate_headers import header_pace
-from transforms.core.api.rate_search import AcceptedHistory, RateSearch, ResetWatch
+from transforms.core.api.rate_search import (
+    AcceptedHistory,
+    RateSearch,
+    ResetWatch,
+    refused_again,
+)
 from transforms.core.api.ratelimit import MIN_RATE, Pacer, SlowStartSlots, ThrottleGate, Ticket
 
 _LOGGER = logging.getLogger(__name__)
@@ -193,7 +198,11 @@ class Controller:
         retry_after: float | None = None,
         headers: Mapping[str, str] | None = None,
         capacity: bool = False,
+        again: bool = False,
     ) -> None:
+        """What came back for a request sent at ``sent_at``: its HTTP status (None: nothing
+        came back), a 429's wait, the headers; ``capacity``: a 429 saying the provider is short
+        of capacity; ``again``: the request was answered 429 before (a retry after one)."""
         if capacity:
             # the provider short of capacity (flex's 429 "resource unavailable"): its noise by
             # its own words, never a limit; that request waits its own Retry-After, the pipe
@@ -217,11 +226,11 @@ class Controller:
             if self.state == CLEAR:
                 self._observe_clear(now, sent_at, ok, throttled, retry_after)
             elif self.state == TESTING:
-                self._observe_test(now, sent_at, ok, throttled, retry_after)
+                self._observe_test(now, sent_at, ok, throttled, again)
             else:
                 self._counts["backpressure_paced_ok"] += ok
                 self._counts["backpressure_paced_429"] += throttled
-                self._observe_limited(now, sent_at, ok, throttled, retry_after)
+                self._observe_limited(now, sent_at, ok, throttled, retry_after, again)
 
     def note_tokens(self, total_tokens: int | None) -> None:
         """A successful answer's token count: the size of a request for the token hints."""
@@ -290,7 +299,7 @@ class Controller:
         sent_rate = n / max(0.1, span)
         accepted = (n - n429) / max(1.0, span)
         self.state, self.tests = TESTING, self.tests + 1
-        self._test = {"stages": [], "before": share}
+        self._test = {"stages": [], "before": share, "n2": 0, "k2": 0, "n1": 0, "k1": 0}
         recent.clear()
         # first at the rate the provider accepted (just under a limit, a little under noise),
         # then at half that
@@ -307,13 +316,15 @@ class Controller:
         self._test_rate = rate
         self._test.update(start=now, n=0, ok=0, t=0)
 
-    def _observe_test(self, now, sent_at, ok, throttled, retry_after) -> None:
+    def _observe_test(self, now, sent_at, ok, throttled, again) -> None:
         test = self._test
         if sent_at < test["start"]:
             return  # sent before this stage's rate: says nothing about it
         test["n"] += 1
         test["ok"] += ok
         test["t"] += throttled
+        test["n2" if again else "n1"] += 1  # over both stages: retries after a 429, and not
+        test["k2" if again else "k1"] += throttled
         elapsed, n, k, before = now - test["start"], test["n"], test["t"], test["before"]
         if elapsed < self._test_seconds or n < 10:
             return
@@ -359,6 +370,14 @@ class Controller:
             # both stages above the limit (its burst allowance spent): it accepted as much at
             # half the rate
             why = "as much was accepted at half the rate"
+            ceiling = 1.1 * max(accepted_a, accepted_b)
+            return self._found(now, 0.95 * accepted_b, share_b, accepted_b, why, ceiling)
+        if before >= 0.5 or refused_again(test["n1"], test["k1"], test["n2"], test["k2"]):
+            # a storm (half of all answers refused) did not fall by half within the test's
+            # short stages (a large burst allowance spent meanwhile, retries landing), or the
+            # 429s picked on the requests refused before, as a limit on tokens does (its large
+            # requests wait for a bucket the small ones keep empty): neither is noise
+            why = "a storm of 429s" if before >= 0.5 else "refused again and again"
             ceiling = 1.1 * max(accepted_a, accepted_b)
             return self._found(now, 0.95 * accepted_b, share_b, accepted_b, why, ceiling)
         self._test = None
@@ -408,7 +427,7 @@ class Controller:
             return 0.0
         return self._history.accepted(start, now - 1.0) / max(1.0, now - 1.0 - start)
 
-    def _observe_limited(self, now, sent_at, ok, throttled, retry_after) -> None:
+    def _observe_limited(self, now, sent_at, ok, throttled, retry_after, again) -> None:
         search = self.search
         if sent_at >= search.start:
             last = self._round
@@ -424,7 +443,7 @@ class Controller:
                     self._holds += 1
                     last.clear()
                     self._quiet_from = self.gate.until  # held: the pace was not for using
-        decided = search.observe(now, sent_at, throttled, self._long_rate(now))
+        decided = search.observe(now, sent_at, throttled, self._long_rate(now), again)
         if decided is None:
             return
         verdict, share, n = decided

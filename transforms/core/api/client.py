@@ -266,6 +266,7 @@ class VisionClient:
                     self._wait_asked(status, headers, content),
                     headers,
                     capacity=api_responses.capacity_refusal(status, content),
+                    again=result.rate_limited > 0,  # this request was answered 429 before
                 )
         return self._interpret(status, response.headers, content)
 

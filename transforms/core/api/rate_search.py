@@ -21,6 +21,18 @@ from transforms.core.api.ratelimit import MIN_RATE
 ROUND = 40  # answers per pace decision while limited (fewer when the 429s are plain)
 
 
+def refused_again(n1: int, k1: int, n2: int, k2: int) -> bool:
+    """Requests answered 429 before (``k2`` of ``n2`` refused again) are refused far more often
+    than fresh ones (``k1`` of ``n1``), beyond chance: the 429s pick on the same requests, as a
+    limit on tokens does (a large request waits for a bucket kept empty by the small ones),
+    where noise refuses a retry as often as a first try. Three standard deviations of the
+    fresh requests' share, and 10 points, above it."""
+    if n2 < 5 or n1 < 5:
+        return False
+    p = max(k1 / n1, 0.02)
+    return k2 / n2 >= p + 3 * math.sqrt(p * (1 - p) / n2) + 0.10
+
+
 class RateSearch:
     """The pace under a found limit: cut to what was accepted when a round of answers draws more
     429s than the provider's noise explains, climb back towards the pace that drew them (the
@@ -32,7 +44,9 @@ class RateSearch:
         self.ceiling = max(ceiling, self.rate) if ceiling else None
         self.good: float | None = None  # the pace of the last round that did not
         self.past: collections.deque = collections.deque(maxlen=12)  # (pace, share) per round
-        self._sizes: collections.deque = collections.deque(maxlen=12)  # answers per round
+        # per round: answers, the rates they were sent and accepted at (per second), the share
+        # of 429s among fresh requests, and the answers (and 429s) to requests refused before
+        self._flows: collections.deque = collections.deque(maxlen=12)
         self._floor = noise  # what the tests before found, until rounds say better
         self._quiet = 0
         self._probe_wait = 2  # quiet rounds at the ceiling before a probe past it
@@ -45,6 +59,7 @@ class RateSearch:
 
     def _begin(self, now: float) -> None:
         self.start, self.n, self.k = now, 0, 0
+        self.n2 = self.k2 = 0  # of them, answers to requests refused before, and their 429s
 
     @property
     def floor(self) -> float:
@@ -53,26 +68,41 @@ class RateSearch:
         it, noise's do not), kept from the last time there were two such rounds, or of the
         last rounds when the pace fell by a quarter across them and their 429s did not; until
         then the noise the tests found."""
-        slower = [share for pace, share in self.past if pace <= 0.92 * self.rate]
+        # (each round's share among fresh requests: a limit on tokens refuses the same large
+        # requests again and again at any pace it binds, and those are no one's noise)
+        slower = [f[3] for (pace, _), f in zip(self.past, self._flows) if pace <= 0.92 * self.rate]
         if len(slower) >= 2:
             self._floor = sum(slower) / len(slower)
         # cut round after round by a quarter or more, and the 429s did not fall with the pace:
         # they are the provider's own (a limit lifted under noise, or noise taken for a limit),
         # not a limit's, which would all but vanish below it
-        last = list(zip(self.past, self._sizes))[-8:]
-        recent = sorted(pair for pair, _ in last)
-        if len(recent) >= 4 and recent[-1][0] >= 1.25 * recent[0][0]:
-            half = len(recent) // 2
-            slow = sum(s for _, s in recent[:half]) / half
-            fast = sum(s for _, s in recent[-half:]) / half
-            mean = sum(s for _, s in recent) / len(recent)
-            n = sum(size for _, size in last) / len(last)
-            spread = sum((s - mean) ** 2 for _, s in recent) / len(recent)
+        last = list(zip(self.past, self._flows))[-8:]
+        half = len(last) // 2
+        early, late = last[:half], last[-half:]  # in the order the rounds ran
+        pace = lambda part: sum(p for (p, _), _ in part) / len(part)  # noqa: E731
+        share = lambda part: sum(s for (_, s), _ in part) / len(part)  # noqa: E731
+        flow = lambda part, i: sum(f[i] for _, f in part) / len(part)  # noqa: E731
+        if len(last) >= 4 and pace(early) >= 1.2 * pace(late):
+            mean = share(last)
+            spread = sum((s - mean) ** 2 for (_, s), _ in last) / len(last)
             # noise refuses some requests, never most (a spent quota is no floor), and as a
             # coin does, round after round: its shares spread no wider than chance's (a
             # window's quota, spent and renewed, swings from none refused to all)
-            steady = spread <= 2.5 * mean * (1 - mean) / max(1.0, n)
-            if 0 < fast < 0.5 and slow >= 0.75 * fast and steady:
+            steady = spread <= 2.5 * mean * (1 - mean) / max(1.0, flow(last, 0))
+            # and what noise lets through falls with what is sent, where a limit we are still
+            # above accepts as much at the slower pace (a limit on tokens keeps its share of
+            # 429s up as the pace is cut: its large requests are refused over and over while
+            # the bucket is kept empty): the accepted rate must have fallen at least half as
+            # much as the sent rate did
+            sent = flow(late, 1) / max(1e-9, flow(early, 1))
+            fell = flow(late, 2) / max(1e-9, flow(early, 2)) <= (1 + sent) / 2
+            # and a retry is refused no more often than a first try, as by a coin
+            again = [sum(f[i] for _, f in last) for i in (4, 5)]
+            n1 = sum(f[0] for _, f in last) - again[0]
+            k1 = round(sum(s * f[0] for (_, s), f in last)) - again[1]
+            fair = not refused_again(n1, k1, *again)
+            stayed = share(late) >= 0.75 * share(early)
+            if 0 < share(early) < 0.5 and stayed and steady and fell and fair:
                 self._floor = max(self._floor, mean)
                 self.noise_seen = True
         return self._floor
@@ -99,14 +129,17 @@ class RateSearch:
         return 2 * math.sqrt(f * (1 - f) / n) + 0.03
 
     def observe(
-        self, now: float, sent_at: float, throttled: bool, long_rate: float
+        self, now: float, sent_at: float, throttled: bool, long_rate: float, again: bool = False
     ) -> tuple[str, float, int] | None:
-        """One answer. At the end of a round: (``'cut'``, ``'raise'`` or ``'hold'``, the round's
-        share of 429s, its answers), the new pace in ``rate``."""
+        """One answer (``again``: to a request answered 429 before). At the end of a round:
+        (``'cut'``, ``'raise'`` or ``'hold'``, the round's share of 429s, its answers), the new
+        pace in ``rate``."""
         if sent_at < self.start:
             return None  # sent at an older pace
         self.n += 1
         self.k += throttled
+        self.n2 += again
+        self.k2 += again and throttled
         n, k = self.n, self.k
         elapsed = max(1e-3, now - self.start)
         share = k / n
@@ -119,7 +152,9 @@ class RateSearch:
         self.rounds += 1
         rate = self.rate
         self.past.append((rate, share))
-        self._sizes.append(n)
+        n1, k1 = n - self.n2, k - self.k2
+        fresh = k1 / n1 if n1 >= 5 else share
+        self._flows.append((n, n / elapsed, (n - k) / elapsed, fresh, self.n2, self.k2))
         spent, self._spent = self._spent, k == n
         if k == n and spent:
             # nothing accepted again: a quota spent until its reset (a window whose 429s do not

@@ -545,3 +545,21 @@ def test_geminis_body_wait_reaches_the_controller_so_a_windows_reset_is_read():
             assert client.complete(_body()).http_status == 429
     assert control.resets.count == 1
     assert control.gate.until > time.monotonic() + 15  # everyone waits for the reset
+
+
+def test_the_controller_is_told_which_answers_are_to_requests_refused_before():
+    """A retry after a 429 is marked as one (``again``), so the controller can tell a limit that
+    refuses the same requests over and over (tokens) from noise, which refuses any request."""
+
+    class Told(Controller):
+        def release(self, sent_at, status, *args, again=False, **kwargs):
+            told.append((status, again))
+            return super().release(sent_at, status, *args, again=again, **kwargs)
+
+    told: list = []
+    plan = FaultPlan(script=["429_retry_after", "429_retry_after", "500"], retry_after=0.01)
+    with RecordingApi(plan) as api:
+        client = _client(api, control=Told(4), retry=RetryPolicy(5, backoff_base=0.01))
+        assert client.complete(_body()).ok
+        assert client.complete(_body(1)).ok
+    assert told == [(429, False), (429, True), (500, True), (200, True), (200, False)]
