@@ -10,23 +10,29 @@ A 429 means one of two things, and the right answer to each is the opposite of t
   of requests whatever we do): slowing down changes nothing but our own throughput, so the
   refused request waits its own Retry-After and every other slot keeps going.
 
-``Controller`` finds out which by experiment: when the share of 429s over the last few hundred
-answers (at most 3 s of them) passes a threshold, it paces the process at the rate the provider
-accepted for half a second, then at half that, and compares the two stages. If the accepted rate
-halved with the send rate while the share of 429s stayed put, it was noise: back to full speed,
-and that share is remembered as the provider's noise floor. If the 429s all but stopped when we
-slowed down, or the provider accepted as much at half the rate, it was a limit, and the process
-is paced at its edge by ``rate_search.RateSearch``: sends evenly spaced (``ratelimit.Pacer``; a
-leaky bucket without burst refuses any two requests closer than 1/rate), every round of answers
-judged against the noise floor (cut to what was accepted, climb back under the pace that drew
-the 429s, probe past it now and then), and a fixed window's reset, once the 429s' Retry-After
-name it (``rate_search.ResetWatch``), waited for by the whole process (``ThrottleGate``) instead
-of drawing a 429 per slot, then paced at the quota per window. A quota spent with no reset to
-read (429s with ``Retry-After: 1`` until the minute ends) holds everyone, twice as long each
-time nothing got through in between.
+``Controller`` finds out which by experiment (``limit_trial``): when the share of 429s over the
+last few hundred answers (at most 3 s of them) passes a threshold, it paces the process at the
+rate the provider accepted for half a second, then at half that, and compares the two stages.
+If the accepted rate halved with the send rate while the share of 429s stayed put, it was
+noise: back to full speed, and that share is remembered as the provider's noise floor. If the
+429s all but stopped when we slowed down, or the provider accepted as much at half the rate, it
+was a limit, and the process is paced at its edge by ``rate_search.RateSearch``: sends evenly
+spaced (``ratelimit.Pacer``; a leaky bucket without burst refuses any two requests closer than
+1/rate), every round of answers judged against the noise floor (cut to what was accepted, climb
+back under the pace that drew the 429s, probe past it now and then), and a fixed window's reset,
+once the 429s' Retry-After name it (``rate_search.ResetWatch``), waited for by the whole process
+(``ThrottleGate``) instead of drawing a 429 per slot, then paced at the quota per window. A
+quota spent with no reset to read (429s with ``Retry-After: 1`` until the minute ends) holds
+everyone, twice as long each time nothing got through in between.
 
 A 429 that says the provider is short of capacity (OpenAI flex's "resource unavailable") is
 noise by its own words: counted, never judged (``release(capacity=True)``).
+
+Noise refuses any request, a retry as often as a first try; a limit on tokens refuses the same
+large requests again and again (they wait for a bucket the small ones keep empty), so its 429s
+do not fall as soon as the pace is cut. The client says which answers are to requests refused
+before (``release(again=True)``), and no verdict calls 429s noise while retries are refused far
+more often than first tries (``rate_search.refused_again``), nor a storm (half the answers).
 
 Each request's own Retry-After (or Gemini's ``RetryInfo.retryDelay``, read by
 ``responses.retry_after_of``) is always honoured for that request. Before any 429, providers
@@ -40,8 +46,9 @@ Every verdict is logged (test results at INFO, each round's decision at DEBUG: l
 and the pace it settled on), and ``take_counts`` hands the worker the counters the job's summary
 turns into its back-pressure line (the rate held, and why).
 
-Over 400 lines for a reason: ``Controller`` is one state machine (clear, testing, limited) under
-one lock; its arithmetic lives in ``rate_search`` and ``rate_headers``.
+A little over 400 lines for a reason: ``Controller`` is one state machine (clear, testing,
+limited) under one lock; the trial lives in ``limit_trial``, the pace's arithmetic in
+``rate_search`` and ``rate_headers``.
 """
 
 from __future__ import annotations
@@ -53,28 +60,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from transforms.core.api.limit_trial import Trial, Watch
 from transforms.core.api.rate_headers import header_pace
-from transforms.core.api.rate_search import (
-    AcceptedHistory,
-    RateSearch,
-    ResetWatch,
-    refused_again,
-)
-from transforms.core.api.ratelimit import MIN_RATE, Pacer, SlowStartSlots, ThrottleGate, Ticket
+from transforms.core.api.rate_search import AcceptedHistory, RateSearch, ResetWatch
+from transforms.core.api.ratelimit import Pacer, SlowStartSlots, ThrottleGate, Ticket
 
 _LOGGER = logging.getLogger(__name__)
 
 CLEAR, TESTING, LIMITED = "clear", "testing", "limited"
-
-
-def _vanished(k: int, n: int, before: float) -> bool:
-    """``k`` 429s in ``n`` answers are far fewer than the share ``before`` would give, beyond
-    chance. The share that started a test is the high end of what noise gives (the test starts
-    because a window ran high), so the count is compared with half of it: fewer than 40 % of
-    that, and 2.5 standard deviations of a binomial count below it."""
-    share = before / 2
-    expected = share * n
-    return k < 0.4 * expected and expected - k >= 2.5 * math.sqrt(expected * (1 - share))
 
 
 class Controller:
@@ -111,14 +104,9 @@ class Controller:
         self.search: RateSearch | None = None
         self.resets = ResetWatch()
         self._test_seconds = test_seconds
-        self._window_answers = window_answers
-        self._window_seconds = window_seconds
-        self._min_429s = min_429s
-        self._recent: collections.deque = collections.deque()  # (sent_at, ok, throttled)
+        self.watch = Watch(window_answers, window_seconds, min_429s)
+        self.trial: Trial | None = None
         self._history = AcceptedHistory()
-        self._last_look = -math.inf
-        self._test: dict | None = None
-        self._test_rate: float | None = None
         # whether each of the last 8 answers since the last gate hold was a 429 (limited)
         self._round: collections.deque = collections.deque(maxlen=8)
         self._holds = 0  # gate holds in a row with nothing accepted between them
@@ -140,7 +128,7 @@ class Controller:
         if self.state == LIMITED and self.search is not None:
             return self.search.rate
         if self.state == TESTING:
-            return self._test_rate
+            return self.trial.rate
         return None
 
     @property
@@ -224,7 +212,7 @@ class Controller:
             if self._watch_reset(now, throttled, retry_after):
                 return
             if self.state == CLEAR:
-                self._observe_clear(now, sent_at, ok, throttled, retry_after)
+                self._observe_clear(now, sent_at, ok, throttled)
             elif self.state == TESTING:
                 self._observe_test(now, sent_at, ok, throttled, again)
             else:
@@ -271,118 +259,30 @@ class Controller:
         )
         return True
 
-    def _observe_clear(self, now, sent_at, ok, throttled, retry_after) -> None:
-        recent = self._recent
-        recent.append((sent_at, ok, throttled))
-        while len(recent) > 20 and (
-            recent[0][0] < now - self._window_seconds
-            or (len(recent) > self._window_answers and recent[1][0] < now - 1.0)
-        ):
-            recent.popleft()
-        n = len(recent)
-        # look at every 429 while the window is short (a cold start against a limit sends a
-        # hundred requests in half a second), at most ten times a second once it is long
-        if not throttled or (n > 64 and now - self._last_look < 0.1):
+    def _observe_clear(self, now, sent_at, ok, throttled) -> None:
+        start = self.watch.observe(now, sent_at, ok, throttled, self.noise)
+        if start is None:
             return
-        self._last_look = now
-        n429 = sum(1 for _, _, t in recent if t)
-        share = n429 / n
-        span = now - recent[0][0]
-        if n429 < self._min_429s or share <= max(0.1, 2 * self.noise + 0.02):
-            return
-        # a storm (half the answers refused) is no provider's everyday noise: test at once;
-        # otherwise wait for a second of answers (a provider's burst allowance is about a
-        # second of its limit, and a cold start spends it in the first few hundred milliseconds)
-        storm = share >= 0.5 and n >= 10
-        if span < 1.0 and not storm:
-            return
-        sent_rate = n / max(0.1, span)
-        accepted = (n - n429) / max(1.0, span)
         self.state, self.tests = TESTING, self.tests + 1
-        self._test = {"stages": [], "before": share, "n2": 0, "k2": 0, "n1": 0, "k1": 0}
-        recent.clear()
-        # first at the rate the provider accepted (just under a limit, a little under noise),
-        # then at half that
-        self._stage(now, max(MIN_RATE, sent_rate / 32, min(accepted, sent_rate)))
+        self.trial = Trial(now, start, self._test_seconds, self._history)
         _LOGGER.info(
             "back-pressure: %.0f%% of the last %d answers were 429; pacing at %.1f/s, then at "
             "half that, to tell a limit from noise",
-            100 * share,
-            n,
-            self._test_rate,
+            100 * start.share,
+            start.n,
+            start.rate,
         )
 
-    def _stage(self, now: float, rate: float) -> None:
-        self._test_rate = rate
-        self._test.update(start=now, n=0, ok=0, t=0)
-
     def _observe_test(self, now, sent_at, ok, throttled, again) -> None:
-        test = self._test
-        if sent_at < test["start"]:
-            return  # sent before this stage's rate: says nothing about it
-        test["n"] += 1
-        test["ok"] += ok
-        test["t"] += throttled
-        test["n2" if again else "n1"] += 1  # over both stages: retries after a 429, and not
-        test["k2" if again else "k1"] += throttled
-        elapsed, n, k, before = now - test["start"], test["n"], test["t"], test["before"]
-        if elapsed < self._test_seconds or n < 10:
+        verdict = self.trial.observe(now, sent_at, ok, throttled, again)
+        if verdict is None:
             return
-        first = not test["stages"]
-        rate = self._test_rate
-        if _vanished(k, n, before):
-            # the 429s all but stopped at this stage's rate: a limit, and this rate is under it;
-            # after a first stage above it, what that stage got accepted is the limit's measure
-            if first:
-                return self._found(now, rate, k / n, test["ok"] / elapsed, "the 429s stopped")
-            rate_a, _, accepted_a, _ = test["stages"][0]
-            found = max(rate, 0.95 * accepted_a)
-            # the first stage's pace drew the 429s: the ceiling to climb back under
-            return self._found(now, found, k / n, test["ok"] / elapsed, "the 429s stopped", rate_a)
-        # the share did not fall by much (as _vanished counts it), or the stage ran long enough:
-        # otherwise wait for the answers that make a fall certain either way
-        settled = n >= 20 and k >= 0.4 * (before / 2) * n
-        if not settled and elapsed < 8 * self._test_seconds:
-            return
-        test["stages"].append((rate, k / n, test["ok"] / elapsed, n))
-        if first:
-            # half of what was actually sent: the first stage's pace may not have bound (a job
-            # short of CPU sends slower than any pace)
-            return self._stage(now, max(MIN_RATE, min(rate, n / elapsed) / 2))
-        (rate_a, share_a, accepted_a, n_a), (_, share_b, accepted_b, n_b) = test["stages"]
-        pooled = (share_a * n_a + share_b * n_b) / (n_a + n_b)
-        if _vanished(round(pooled * (n_a + n_b)), n_a + n_b, before) or (
-            before >= 0.5 and pooled < 0.5 * before
-        ):
-            # over both stages the 429s fell well below their share before (for a storm: to
-            # under half of it; no provider's noise refuses half of all requests): a limit,
-            # and the first stage's rate (what the provider had accepted) is at or under it
-            return self._found(
-                now, max(rate_a, 0.95 * accepted_a), pooled, accepted_a, "the 429s fell"
-            )
-        if accepted_a < 0.5 and accepted_b < 0.5:
-            # nothing was accepted at either rate: a quota spent for now (a window without a
-            # reset to read); what it accepted so far is the only measure of it
-            start = self._history.first()
-            so_far = self._history.accepted(start, now + 1) / max(1.0, now - start)
-            return self._found(now, so_far, pooled, accepted_a, "a quota spent for now")
-        if accepted_b >= 0.7 * accepted_a:
-            # both stages above the limit (its burst allowance spent): it accepted as much at
-            # half the rate
-            why = "as much was accepted at half the rate"
-            ceiling = 1.1 * max(accepted_a, accepted_b)
-            return self._found(now, 0.95 * accepted_b, share_b, accepted_b, why, ceiling)
-        if before >= 0.5 or refused_again(test["n1"], test["k1"], test["n2"], test["k2"]):
-            # a storm (half of all answers refused) did not fall by half within the test's
-            # short stages (a large burst allowance spent meanwhile, retries landing), or the
-            # 429s picked on the requests refused before, as a limit on tokens does (its large
-            # requests wait for a bucket the small ones keep empty): neither is noise
-            why = "a storm of 429s" if before >= 0.5 else "refused again and again"
-            ceiling = 1.1 * max(accepted_a, accepted_b)
-            return self._found(now, 0.95 * accepted_b, share_b, accepted_b, why, ceiling)
-        self._test = None
+        if verdict.limit:
+            v = verdict
+            return self._found(now, v.rate, v.share, v.accepted, v.why, v.ceiling)
+        self.trial = None
         self.state = CLEAR
-        self._test_rate = None
+        share_a, share_b, before = verdict.shares
         self.noise = max(self.noise * 0.5, (share_a + share_b + before) / 3)
         self.noise_found += 1
         self._counts["backpressure_noise_verdicts"] += 1
@@ -396,8 +296,7 @@ class Controller:
         )
 
     def _found(self, now, rate, share, accepted, why, ceiling=None) -> None:
-        self._test = None
-        self._test_rate = None
+        self.trial = None
         self.state, self.limits_found = LIMITED, self.limits_found + 1
         self.search = RateSearch(rate, now, self.noise, ceiling)
         self._round.clear()
@@ -482,7 +381,7 @@ class Controller:
         self.state = CLEAR
         self._settle_paced(now)
         self._paced_from = None
-        self._recent.clear()
+        self.watch.clear()
 
     def _read_hints(self, headers: Mapping[str, str], now: float) -> None:
         said = header_pace(
