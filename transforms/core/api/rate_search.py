@@ -70,9 +70,20 @@ class RateSearch:
         then the noise the tests found."""
         # (each round's share among fresh requests: a limit on tokens refuses the same large
         # requests again and again at any pace it binds, and those are no one's noise)
-        slower = [f[3] for (pace, _), f in zip(self.past, self._flows) if pace <= 0.92 * self.rate]
-        if len(slower) >= 2:
-            self._floor = sum(slower) / len(slower)
+        rounds = list(zip(self.past, self._flows))
+        slower = [f for (pace, _), f in rounds if pace <= 0.92 * self.rate]
+        near = [f for (pace, _), f in rounds if pace > 0.92 * self.rate]
+        if len(slower) >= 2 and near:
+            # unless the slower rounds were still above the limit: then they got as much
+            # accepted as the rounds near this pace, where noise's accepted rate falls with
+            # what is sent (a burst allowance lets the pace drift past a limit, and the 429s
+            # of rounds sent a little slower, but above it, taken for noise would let it drift
+            # further, round after round)
+            mean = lambda part, i: sum(f[i] for f in part) / len(part)  # noqa: E731
+            sent = mean(slower, 1) / max(1e-9, mean(near, 1))
+            bound = mean(slower, 2) / max(1e-9, mean(near, 2)) > (1 + sent) / 2
+            if not bound:
+                self._floor = mean(slower, 3)
         # cut round after round by a quarter or more, and the 429s did not fall with the pace:
         # they are the provider's own (a limit lifted under noise, or noise taken for a limit),
         # not a limit's, which would all but vanish below it
@@ -101,7 +112,11 @@ class RateSearch:
             n1 = sum(f[0] for _, f in last) - again[0]
             k1 = round(sum(s * f[0] for (_, s), f in last)) - again[1]
             fair = not refused_again(n1, k1, *again)
-            stayed = share(late) >= 0.75 * share(early)
+            # the 429s stayed as the pace fell, in the order the rounds ran and from the
+            # fastest rounds to the slowest (a climb and a cut in one span mixes the two)
+            ranked = sorted(last, key=lambda r: r[0][0])
+            slow, fast = ranked[:half], ranked[-half:]
+            stayed = share(late) >= 0.75 * share(early) and share(slow) >= 0.75 * share(fast)
             if 0 < share(early) < 0.5 and stayed and steady and fell and fair:
                 self._floor = max(self._floor, mean)
                 self.noise_seen = True
