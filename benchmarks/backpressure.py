@@ -307,8 +307,10 @@ def paced_bound(lags: list, rate: float = 5.0, *, most_refused: float = 0.10, se
     the run's own lags, resampled). Returns (used, refused) at the best even spacing, tried from
     1/rate to 1.5/rate; used is (0.0, 0.0) when no spacing keeps the refusals that low. Nothing
     the sender does can see a lag, so this is what pacing can reach against that jitter."""
-    rng = random.Random(0)
     best = (0.0, 0.0)
+    if not lags:
+        return best
+    rng = random.Random(0)
     for step in range(101):
         spacing = (1 + step / 200) / rate
         limit = limiters.LeakyBucket(rate, 0)

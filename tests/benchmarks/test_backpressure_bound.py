@@ -22,3 +22,7 @@ def test_jitter_costs_what_it_should_and_a_lower_refusal_budget_costs_more():
     assert strict < used and strict_refused <= 0.005
     wide = [rng.uniform(0, 0.2) for _ in range(3000)]  # lags as long as the spacing itself
     assert paced_bound(wide, 5.0, sends=2000)[0] < used
+
+
+def test_a_run_without_lags_has_no_bound_rather_than_an_error():
+    assert paced_bound([], 5.0) == (0.0, 0.0)

@@ -212,7 +212,7 @@ class Controller:
             if self._watch_reset(now, throttled, retry_after):
                 return
             if self.state == CLEAR:
-                self._observe_clear(now, sent_at, ok, throttled)
+                self._observe_clear(now, sent_at, throttled)
             elif self.state == TESTING:
                 self._observe_test(now, sent_at, ok, throttled, again)
             else:
@@ -259,8 +259,8 @@ class Controller:
         )
         return True
 
-    def _observe_clear(self, now, sent_at, ok, throttled) -> None:
-        start = self.watch.observe(now, sent_at, ok, throttled, self.noise)
+    def _observe_clear(self, now, sent_at, throttled) -> None:
+        start = self.watch.observe(now, sent_at, throttled, self.noise)
         if start is None:
             return
         self.state, self.tests = TESTING, self.tests + 1

@@ -47,17 +47,17 @@ class Watch:
         self._window_answers = window_answers
         self._window_seconds = window_seconds
         self._min_429s = min_429s
-        self._recent: collections.deque = collections.deque()  # (sent_at, ok, throttled)
+        self._recent: collections.deque = collections.deque()  # (sent_at, throttled)
         self._last_look = -math.inf
 
     def clear(self) -> None:
         self._recent.clear()
 
-    def observe(self, now: float, sent_at: float, ok: bool, throttled: bool, noise: float):
+    def observe(self, now: float, sent_at: float, throttled: bool, noise: float):
         """One answer; a ``Start`` when the 429s call for a trial (the window is then cleared).
         ``noise``: the share of 429s found to be the provider's own."""
         recent = self._recent
-        recent.append((sent_at, ok, throttled))
+        recent.append((sent_at, throttled))
         while len(recent) > 20 and (
             recent[0][0] < now - self._window_seconds
             or (len(recent) > self._window_answers and recent[1][0] < now - 1.0)
@@ -69,7 +69,7 @@ class Watch:
         if not throttled or (n > 64 and now - self._last_look < 0.1):
             return None
         self._last_look = now
-        n429 = sum(1 for _, _, t in recent if t)
+        n429 = sum(1 for _, t in recent if t)
         share = n429 / n
         span = now - recent[0][0]
         if n429 < self._min_429s or share <= max(0.1, 2 * noise + 0.02):

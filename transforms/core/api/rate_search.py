@@ -15,10 +15,45 @@ from __future__ import annotations
 
 import collections
 import math
+from typing import NamedTuple
 
 from transforms.core.api.ratelimit import MIN_RATE
 
 ROUND = 40  # answers per pace decision while limited (fewer when the 429s are plain)
+
+
+class Round(NamedTuple):
+    """One round of answers: the pace it was sent at, its answers and 429s over ``seconds``,
+    and of them the answers (and 429s) to requests answered 429 before."""
+
+    pace: float
+    n: int
+    k: int
+    seconds: float
+    n2: int
+    k2: int
+
+    @property
+    def share(self) -> float:
+        return self.k / self.n
+
+    @property
+    def sent(self) -> float:
+        return self.n / self.seconds
+
+    @property
+    def accepted(self) -> float:
+        return (self.n - self.k) / self.seconds
+
+    @property
+    def fresh(self) -> float:
+        """The share of 429s among requests not refused before (all, when too few)."""
+        n1 = self.n - self.n2
+        return (self.k - self.k2) / n1 if n1 >= 5 else self.share
+
+
+def _mean(rounds, field: str) -> float:
+    return sum(getattr(r, field) for r in rounds) / len(rounds)
 
 
 def refused_again(n1: int, k1: int, n2: int, k2: int) -> bool:
@@ -43,10 +78,7 @@ class RateSearch:
         # the lowest pace that drew an excess of 429s (the test's, when it says so)
         self.ceiling = max(ceiling, self.rate) if ceiling else None
         self.good: float | None = None  # the pace of the last round that did not
-        self.past: collections.deque = collections.deque(maxlen=12)  # (pace, share) per round
-        # per round: answers, the rates they were sent and accepted at (per second), the share
-        # of 429s among fresh requests, and the answers (and 429s) to requests refused before
-        self._flows: collections.deque = collections.deque(maxlen=12)
+        self.past: collections.deque = collections.deque(maxlen=12)  # the last Rounds
         self._floor = noise  # what the tests before found, until rounds say better
         self._quiet = 0
         self._probe_wait = 2  # quiet rounds at the ceiling before a probe past it
@@ -63,64 +95,63 @@ class RateSearch:
 
     @property
     def floor(self) -> float:
-        """The provider's own share of 429s, whatever the pace: the mean share of the last
+        """The provider's own share of 429s, whatever the pace (``_refloor``)."""
+        return self._floor
+
+    def _refloor(self) -> None:
+        """The floor anew, when the rounds or the pace change (a round appended, its verdict
+        given, a window's quota set; not per answer): the mean share of the last
         rounds sent at least 8 % slower than this one (a limit's 429s grow with the pace past
         it, noise's do not), kept from the last time there were two such rounds, or of the
         last rounds when the pace fell by a quarter across them and their 429s did not; until
         then the noise the tests found."""
         # (each round's share among fresh requests: a limit on tokens refuses the same large
         # requests again and again at any pace it binds, and those are no one's noise)
-        rounds = list(zip(self.past, self._flows))
-        slower = [f for (pace, _), f in rounds if pace <= 0.92 * self.rate]
-        near = [f for (pace, _), f in rounds if pace > 0.92 * self.rate]
+        slower = [r for r in self.past if r.pace <= 0.92 * self.rate]
+        near = [r for r in self.past if r.pace > 0.92 * self.rate]
         if len(slower) >= 2 and near:
             # unless the slower rounds were still above the limit: then they got as much
             # accepted as the rounds near this pace, where noise's accepted rate falls with
             # what is sent (a burst allowance lets the pace drift past a limit, and the 429s
             # of rounds sent a little slower, but above it, taken for noise would let it drift
             # further, round after round)
-            mean = lambda part, i: sum(f[i] for f in part) / len(part)  # noqa: E731
-            sent = mean(slower, 1) / max(1e-9, mean(near, 1))
-            bound = mean(slower, 2) / max(1e-9, mean(near, 2)) > (1 + sent) / 2
+            sent = _mean(slower, "sent") / max(1e-9, _mean(near, "sent"))
+            bound = _mean(slower, "accepted") / max(1e-9, _mean(near, "accepted")) > (1 + sent) / 2
             if not bound:
-                self._floor = mean(slower, 3)
+                self._floor = _mean(slower, "fresh")
         # cut round after round by a quarter or more, and the 429s did not fall with the pace:
         # they are the provider's own (a limit lifted under noise, or noise taken for a limit),
         # not a limit's, which would all but vanish below it
-        last = list(zip(self.past, self._flows))[-8:]
+        last = list(self.past)[-8:]
         half = len(last) // 2
         early, late = last[:half], last[-half:]  # in the order the rounds ran
-        pace = lambda part: sum(p for (p, _), _ in part) / len(part)  # noqa: E731
-        share = lambda part: sum(s for (_, s), _ in part) / len(part)  # noqa: E731
-        flow = lambda part, i: sum(f[i] for _, f in part) / len(part)  # noqa: E731
-        if len(last) >= 4 and pace(early) >= 1.2 * pace(late):
-            mean = share(last)
-            spread = sum((s - mean) ** 2 for (_, s), _ in last) / len(last)
+        if len(last) >= 4 and _mean(early, "pace") >= 1.2 * _mean(late, "pace"):
+            mean = _mean(last, "share")
+            spread = sum((r.share - mean) ** 2 for r in last) / len(last)
             # noise refuses some requests, never most (a spent quota is no floor), and as a
             # coin does, round after round: its shares spread no wider than chance's (a
             # window's quota, spent and renewed, swings from none refused to all)
-            steady = spread <= 2.5 * mean * (1 - mean) / max(1.0, flow(last, 0))
+            steady = spread <= 2.5 * mean * (1 - mean) / max(1.0, _mean(last, "n"))
             # and what noise lets through falls with what is sent, where a limit we are still
             # above accepts as much at the slower pace (a limit on tokens keeps its share of
             # 429s up as the pace is cut: its large requests are refused over and over while
             # the bucket is kept empty): the accepted rate must have fallen at least half as
             # much as the sent rate did
-            sent = flow(late, 1) / max(1e-9, flow(early, 1))
-            fell = flow(late, 2) / max(1e-9, flow(early, 2)) <= (1 + sent) / 2
+            sent = _mean(late, "sent") / max(1e-9, _mean(early, "sent"))
+            fell = _mean(late, "accepted") / max(1e-9, _mean(early, "accepted")) <= (1 + sent) / 2
             # and a retry is refused no more often than a first try, as by a coin
-            again = [sum(f[i] for _, f in last) for i in (4, 5)]
-            n1 = sum(f[0] for _, f in last) - again[0]
-            k1 = round(sum(s * f[0] for (_, s), f in last)) - again[1]
-            fair = not refused_again(n1, k1, *again)
+            n2, k2 = sum(r.n2 for r in last), sum(r.k2 for r in last)
+            n1, k1 = sum(r.n for r in last) - n2, sum(r.k for r in last) - k2
+            fair = not refused_again(n1, k1, n2, k2)
             # the 429s stayed as the pace fell, in the order the rounds ran and from the
             # fastest rounds to the slowest (a climb and a cut in one span mixes the two)
-            ranked = sorted(last, key=lambda r: r[0][0])
+            ranked = sorted(last, key=lambda r: r.pace)
             slow, fast = ranked[:half], ranked[-half:]
+            share = lambda part: _mean(part, "share")  # noqa: E731
             stayed = share(late) >= 0.75 * share(early) and share(slow) >= 0.75 * share(fast)
             if 0 < share(early) < 0.5 and stayed and steady and fell and fair:
                 self._floor = max(self._floor, mean)
                 self.noise_seen = True
-        return self._floor
 
     def window(self, quota_rate: float, now: float) -> None:
         """A fixed window's quota per second is known: pace just under it. The window's own
@@ -136,6 +167,7 @@ class RateSearch:
         self._step = 0.02
         self._probing = False
         self._begin(now)
+        self._refloor()
 
     def margin(self, n: int) -> float:
         """429s beyond the floor that chance does not explain: two standard deviations + 3
@@ -166,10 +198,7 @@ class RateSearch:
             return None
         self.rounds += 1
         rate = self.rate
-        self.past.append((rate, share))
-        n1, k1 = n - self.n2, k - self.k2
-        fresh = k1 / n1 if n1 >= 5 else share
-        self._flows.append((n, n / elapsed, (n - k) / elapsed, fresh, self.n2, self.k2))
+        self.past.append(Round(rate, n, k, elapsed, self.n2, self.k2))
         spent, self._spent = self._spent, k == n
         if k == n and spent:
             # nothing accepted again: a quota spent until its reset (a window whose 429s do not
@@ -177,15 +206,18 @@ class RateSearch:
             # the process-wide holds wait for the reset, and cutting each round of refusals
             # would leave the pace far under the quota once it is back
             verdict = "hold"
-        elif share > floor + self.margin(n):
-            self._cut(rate, (n - k) / elapsed, long_rate, plain)
-            verdict = "cut"
-        elif n / elapsed < 0.7 * rate:
-            verdict = "hold"  # the pace did not bind (fewer were sent): raising it says nothing
         else:
-            verdict = self._raise(rate, k)
+            self._refloor()  # with this round, at the pace it was sent at: for the margin
+            if share > floor + self.margin(n):
+                self._cut(rate, (n - k) / elapsed, long_rate, plain)
+                verdict = "cut"
+            elif n / elapsed < 0.7 * rate:
+                verdict = "hold"  # the pace did not bind (fewer were sent): raising says nothing
+            else:
+                verdict = self._raise(rate, k)
         self.rate = max(MIN_RATE, self.rate)
         self._begin(now)
+        self._refloor()  # at the new pace
         return verdict, share, n
 
     def _cut(self, rate: float, accepted: float, long_rate: float, plain: bool) -> None:

@@ -36,7 +36,7 @@ def _answers(watch, t0, n, share, spacing=0.01, noise=0.0):
     for i in range(n):
         t = t0 + i * spacing
         refused = (i % round(1 / share)) == 0 if share else False
-        started = watch.observe(t, t, not refused, refused, noise) or started
+        started = watch.observe(t, t, refused, noise) or started
         if started:
             return started, t
     return None, t0 + n * spacing
